@@ -1,0 +1,7 @@
+"""Prepare the 'quatrain5' corpus: see textvae/corpora.py for its source and how it is split."""
+import sys
+
+from textvae.corpora import main
+
+if __name__ == "__main__":
+    sys.exit(main(["quatrain5", *sys.argv[1:]]))

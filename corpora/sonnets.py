@@ -1,0 +1,7 @@
+"""Prepare the 'sonnets' corpus: see textvae/corpora.py for its source and how it is split."""
+import sys
+
+from textvae.corpora import main
+
+if __name__ == "__main__":
+    sys.exit(main(["sonnets", *sys.argv[1:]]))

@@ -1,0 +1,7 @@
+"""Prepare the 'tang5' corpus: see textvae/corpora.py for its source and how it is split."""
+import sys
+
+from textvae.corpora import main
+
+if __name__ == "__main__":
+    sys.exit(main(["tang5", *sys.argv[1:]]))

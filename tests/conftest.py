@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny corpora built in-process, and one small model overfit on them."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Eight real five-character lines (Wang Zhihuan, Li Bai, Meng Haoran, Du Fu).
+POEM_LINES = ["白日依山尽", "黄河入海流", "欲穷千里目", "更上一层楼",
+              "床前明月光", "疑是地上霜", "春眠不觉晓", "处处闻啼鸟"]
+
+
+def write_corpus(path, lines):
+    path.write_text("".join(s + "\n" for s in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def overfit_run(tmp_path_factory):
+    """A run trained (through the real train() path) until it memorises POEM_LINES."""
+    from textvae.model import VAEConfig
+    from textvae.run import load_run
+    from textvae.trainer import TrainConfig, train
+    tmp = tmp_path_factory.mktemp("overfit")
+    # Repeat the lines so each of the hash splits gets a copy and training sees all 8.
+    corpus = write_corpus(tmp / "eight.txt", POEM_LINES)
+    tc = TrainConfig(corpus=str(corpus), out=str(tmp / "run"), epochs=400, batch_size=8,
+                     lr=5e-3, kl_schedule="constant", beta_max=0.1, free_bits=0.0,
+                     eval_every=1000, ckpt_every=1000, iw_samples=0, amp="off")
+    mc = VAEConfig(emb_dim=32, enc_hidden=32, latent=8, dec_hidden=32, dropout=0.0)
+    out = train(tc, mc, log=lambda *a: None)
+    return load_run(out)
+
+
+def run_cli(script, *args, cwd=None, timeout=300, env=None):
+    """Run train.py / generate.py as a user would; returns CompletedProcess."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env=full_env)

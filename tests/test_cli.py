@@ -1,0 +1,201 @@
+"""The command lines as a user meets them: smoke runs and every bad input we promise to handle.
+
+Each bad input must give exit status 2, exactly one line on stderr starting 'error:',
+no traceback, and leave existing files unchanged.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import POEM_LINES, run_cli, write_corpus
+
+TINY = ["--epochs", "3", "--batch-size", "8", "--emb-dim", "16", "--enc-hidden", "16",
+        "--latent", "4", "--dec-hidden", "16", "--iw-samples", "5", "--amp", "off"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A run made by train.py through a subprocess, as the README does."""
+    tmp = tmp_path_factory.mktemp("cli")
+    corpus = write_corpus(tmp / "poems.txt", POEM_LINES * 2 + ["山高月小", "水落石出"])
+    r = run_cli("train.py", "--corpus", corpus, "--out", tmp / "run", *TINY, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert "run saved in" in r.stdout and "IW-NLL" in r.stdout
+    return tmp / "run"
+
+
+def snapshot(folder):
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def assert_one_line_error(r, *fragments):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    for f in fragments:
+        assert f in err[0], err[0]
+
+
+def test_train_writes_a_self_contained_run_folder(cli_run):
+    names = {p.name for p in cli_run.iterdir()}
+    assert {"config.json", "tokenizer.model", "model.safetensors", "metrics.jsonl",
+            "summary.json"} <= names
+    summary = json.loads((cli_run / "summary.json").read_text())
+    for key in ("acc_mu", "kl", "au", "well_formed", "novel", "iw_nll"):
+        assert key in summary
+
+
+def test_generate_writes_poems_from_the_run_folder_alone(cli_run, tmp_path):
+    r = run_cli("generate.py", "--run", cli_run, "--num", "2", "--seed", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    poems = r.stdout.strip().split("\n\n")
+    assert len(poems) == 2 and all(len(p.splitlines()) == 4 for p in poems)
+    again = run_cli("generate.py", "--run", cli_run, "--num", "2", "--seed", "1", cwd=tmp_path)
+    assert again.stdout == r.stdout
+
+
+def test_generate_json_and_other_commands(cli_run, tmp_path):
+    r = run_cli("generate.py", "sample", "--run", cli_run, "--format", "json", "--top-k", "3")
+    assert r.returncode == 0 and isinstance(json.loads(r.stdout), list)
+    r = run_cli("generate.py", "interpolate", "白日依山尽", "床前明月光", "--steps", "4",
+                "--run", cli_run, "--format", "json")
+    path = json.loads(r.stdout)
+    assert len(path["linear"]) == 4 and len(path["spherical"]) == 4
+    r = run_cli("generate.py", "encode", "白日依山尽", "--run", cli_run)
+    assert len(json.loads(r.stdout)[0]["mu"]) == 4
+    r = run_cli("generate.py", "reconstruct", "白日依山尽", "--run", cli_run)
+    assert r.returncode == 0 and r.stdout.startswith("白日依山尽\t")
+    r = run_cli("generate.py", "complete", "白日__尽", "--run", cli_run)
+    assert r.returncode == 0 and r.stdout.split("\t")[1].startswith("白日")
+    r = run_cli("generate.py", "--acrostic", "白黄", "--num", "1", "--run", cli_run)
+    assert [s[0] for s in r.stdout.split()] == ["白", "黄"]
+
+
+def test_evaluate_prints_table_and_writes_eval_json(cli_run):
+    r = run_cli("generate.py", "evaluate", "--run", cli_run, "--iw-samples", "10",
+                "--num-samples", "20", "--split", "train")
+    assert r.returncode == 0, r.stderr
+    assert "IW-NLL" in r.stdout and "active units" in r.stdout
+    assert json.loads((cli_run / "eval.json").read_text())["iw_samples"] == 10
+
+
+# -- bad inputs ---------------------------------------------------------------------------
+
+def test_corpus_that_does_not_exist(tmp_path):
+    assert_one_line_error(run_cli("train.py", "--corpus", tmp_path / "nope.txt", cwd=tmp_path),
+                          "not found")
+
+
+def test_corpus_that_is_a_directory(tmp_path):
+    assert_one_line_error(run_cli("train.py", "--corpus", tmp_path, cwd=tmp_path), "directory")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n\r\n"], ids=["empty", "blank-lines"])
+def test_empty_corpus(tmp_path, content):
+    (tmp_path / "c.txt").write_bytes(content)
+    assert_one_line_error(run_cli("train.py", "--corpus", tmp_path / "c.txt", cwd=tmp_path),
+                          "no non-blank lines")
+
+
+def test_non_utf8_corpus_names_file_and_line(tmp_path):
+    (tmp_path / "c.txt").write_bytes("白日依山尽\n".encode() + b"\xff\xfe bad\n")
+    assert_one_line_error(run_cli("train.py", "--corpus", tmp_path / "c.txt", cwd=tmp_path),
+                          "c.txt: line 2", "--skip-bad-lines")
+
+
+def test_bom_and_crlf_are_accepted_and_bad_lines_skipped_on_request(tmp_path):
+    raw = "\ufeff" + "".join(s + "\r\n" for s in POEM_LINES)
+    (tmp_path / "c.txt").write_bytes(raw.encode() + b"\xff\n")
+    r = run_cli("train.py", "--corpus", tmp_path / "c.txt", "--skip-bad-lines",
+                "--out", tmp_path / "run", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["max_len"] == 5  # no BOM or \r counted as characters
+    assert config["data"]["skipped"]["not_utf8"] == 1
+
+
+def test_lines_longer_than_max_len_are_skipped_and_counted(tmp_path):
+    write_corpus(tmp_path / "c.txt", POEM_LINES + ["朝辞白帝彩云间"])
+    r = run_cli("train.py", "--corpus", tmp_path / "c.txt", "--max-len", "5",
+                "--out", tmp_path / "run", *TINY, cwd=tmp_path)
+    assert r.returncode == 0 and "skipped 1 lines" in r.stdout
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--epochs", "-1"], "--epochs"), (["--batch-size", "0"], "--batch-size"),
+    (["--lr", "0"], "--lr"), (["--kl-schedule", "wild"], "--kl-schedule"),
+    (["--encoder", "gru"], "--encoder"), (["--device", "tpu9"], "--device"),
+])
+def test_numeric_and_choice_flags_out_of_range(tmp_path, flags, fragment):
+    write_corpus(tmp_path / "c.txt", POEM_LINES)
+    assert_one_line_error(run_cli("train.py", "--corpus", tmp_path / "c.txt", *flags,
+                                  cwd=tmp_path), fragment)
+
+
+def test_existing_run_folder_is_not_overwritten(cli_run, tmp_path):
+    before = snapshot(cli_run)
+    write_corpus(tmp_path / "c.txt", POEM_LINES)
+    assert_one_line_error(run_cli("train.py", "--corpus", tmp_path / "c.txt", "--out",
+                                  cli_run, cwd=tmp_path), "already exists", "--resume")
+    assert snapshot(cli_run) == before
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["interpolate", "白日依山尽", "麒麟在天上"], "'麒'"),
+    (["reconstruct", "白日依山尽白"], "at most 5"),
+    (["encode", ""], "empty"),
+    (["interpolate", "白日依山尽", "床前明月光", "--steps", "1"], "--steps"),
+    (["sample", "--temperature", "0"], "--temperature"),
+    (["sample", "--top-k", "-2"], "--top-k"),
+    (["sample", "--num", "0"], "--num"),
+])
+def test_generate_bad_inputs(cli_run, args, fragment):
+    before = snapshot(cli_run)
+    assert_one_line_error(run_cli("generate.py", *args, "--run", cli_run), fragment)
+    assert snapshot(cli_run) == before
+
+
+def test_unknown_character_maps_to_unk_only_when_asked(cli_run):
+    r = run_cli("generate.py", "reconstruct", "白日麒山尽", "--allow-unk", "--run", cli_run)
+    assert r.returncode == 0, r.stderr
+
+
+def test_run_folder_missing_or_incomplete(cli_run, tmp_path):
+    assert_one_line_error(run_cli("generate.py", "--run", tmp_path / "none"), "not found")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.model"):
+        (broken / name).write_bytes((cli_run / name).read_bytes())
+    assert_one_line_error(run_cli("generate.py", "--run", broken), "model.safetensors")
+
+
+def test_truncated_weights_are_refused(cli_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for p in cli_run.iterdir():
+        if p.is_file():
+            (run / p.name).write_bytes(p.read_bytes())
+    data = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(run_cli("generate.py", "--run", run), "safetensors")
+
+
+def test_config_and_tokenizer_mismatch_names_both_values(cli_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for p in cli_run.iterdir():
+        if p.is_file():
+            (run / p.name).write_bytes(p.read_bytes())
+    cfg = json.loads((run / "config.json").read_text())
+    real = cfg["model"]["vocab_size"]
+    cfg["model"]["vocab_size"] = real + 7
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(run_cli("generate.py", "--run", run), str(real), str(real + 7))
+    cfg["model"]["vocab_size"] = real
+    cfg["model"]["latent"] = 9
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(run_cli("generate.py", "--run", run), "latent=9")

