@@ -20,7 +20,7 @@ DEFAULT_RUN = "runs/tang5"
 # Su Jianlin's Keras poetry VAE (../shared/docs/anchors.md), the baseline to beat.
 PRESETS = {
     "su2018": {"emb_dim": 64, "enc_hidden": 64, "enc_layers": 2, "kernel": 3,
-               "pooling": "mean", "latent": 64, "dec_hidden": 64, "dec_layers": 1,
+               "pooling": "mean", "latent": 64, "dec_trunk": 0, "dec_hidden": 64, "dec_layers": 1,
                "dropout": 0.0, "kl_schedule": "constant", "beta_max": 1.0,
                "free_bits": 0.0, "lr": 1e-3, "batch_size": 64},
 }
@@ -113,8 +113,14 @@ def generate_main(argv):
     from .generate import (SampleConfig, complete, encode, interpolate, poems,
                            reconstruct)
     from .run import load_run
-    if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
-        argv = ["sample", *argv]
+    # The subcommand may come after global flags (`--run X interpolate A B`); with none,
+    # the command is `sample`.
+    argv = list(argv)
+    first = next((i for i, a in enumerate(argv) if a in COMMANDS), None)
+    if first is not None:
+        argv.insert(0, argv.pop(first))
+    elif not {"-h", "--help"} & set(argv[:1]):
+        argv.insert(0, "sample")
     p = argparse.ArgumentParser(
         prog="generate.py",
         description="Use a trained run: write poems (default), interpolate, reconstruct, "

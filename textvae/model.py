@@ -38,6 +38,7 @@ class VAEConfig:
     kernel: int = 3          # GCNN kernel width: 3 sees a character and both neighbours
     pooling: str = "meanmax" # "mean", "max" or "meanmax" (concatenated) over real positions
     latent: int = 64         # dimensions of z
+    dec_trunk: int = 512     # hidden layer between z and the heads; 0: z feeds them directly
     dec_hidden: int = 256    # width of each position's vector in the decoder
     dec_layers: int = 1      # residual GCNN blocks mixing positions before the softmax
     dropout: float = 0.1     # on embeddings and decoder features; 0 disables
@@ -52,8 +53,8 @@ class VAEConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"model setting {name} must be at least 1, got "
                                 f"{getattr(self, name)}")
-        if self.dec_layers < 0 or not 0 <= self.dropout < 1:
-            raise UserError("dec_layers must be >= 0 and dropout in [0, 1)")
+        if self.dec_layers < 0 or self.dec_trunk < 0 or not 0 <= self.dropout < 1:
+            raise UserError("dec_layers and dec_trunk must be >= 0 and dropout in [0, 1)")
 
     def to_dict(self):
         return asdict(self)
@@ -143,13 +144,20 @@ class LSTMEncoder(nn.Module):
 # Decoder p(x|z): z (B, D) -> logits (B, L, V)
 
 class FanOutDecoder(nn.Module):
-    """z -> L fully connected heads (one per position) -> gated convs -> shared softmax."""
+    """z -> trunk MLP -> L fully connected heads (one per position) -> gated convs -> softmax.
+
+    Every position is predicted independently given z, so all agreement between the
+    characters of a line must be written into z and read back out by these layers; the
+    trunk gives that reading a hidden layer shared by all positions.
+    """
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         self.L, self.H = cfg.max_len, cfg.dec_hidden
-        # One Linear(D, L*H) is L separate heads Linear(D, H) computed in one matmul.
-        self.heads = nn.Linear(cfg.latent, cfg.max_len * cfg.dec_hidden)
+        self.trunk = (nn.Sequential(nn.Linear(cfg.latent, cfg.dec_trunk), nn.GELU())
+                      if cfg.dec_trunk else nn.Identity())
+        # One Linear(T, L*H) is L separate heads Linear(T, H) computed in one matmul.
+        self.heads = nn.Linear(cfg.dec_trunk or cfg.latent, cfg.max_len * cfg.dec_hidden)
         self.blocks = nn.ModuleList(GatedConv(cfg.dec_hidden, cfg.kernel)
                                     for _ in range(cfg.dec_layers))
         self.norm = nn.LayerNorm(cfg.dec_hidden)
@@ -157,7 +165,7 @@ class FanOutDecoder(nn.Module):
         self.out = nn.Linear(cfg.dec_hidden, cfg.vocab_size)
 
     def forward(self, z):
-        h = F.gelu(self.heads(z)).view(-1, self.L, self.H)   # (B, L, H)
+        h = F.gelu(self.heads(self.trunk(z))).view(-1, self.L, self.H)  # (B, L, H)
         h = self.drop(h).transpose(1, 2)                     # (B, H, L)
         for block in self.blocks:
             h = block(h)

@@ -76,7 +76,7 @@ def check_compatible(cfg: VAEConfig, tok: CharTokenizer, state, where):
                         f"says vocab_size={cfg.vocab_size}")
     checks = {"embed.weight": (cfg.vocab_size, cfg.emb_dim),
               "to_mu.weight": (cfg.latent, None),
-              "decoder.heads.weight": (cfg.max_len * cfg.dec_hidden, cfg.latent)}
+              "decoder.heads.weight": (cfg.max_len * cfg.dec_hidden, cfg.dec_trunk or cfg.latent)}
     for key, want in checks.items():
         if key not in state:
             raise UserError(f"{where}: weights lack tensor {key!r}")

@@ -36,13 +36,14 @@ class TrainConfig:
     out: str = ""                 # run folder; default runs/<corpus name>
     vocab_size: int = 4000        # characters kept (+4 specials); rarer ones become <unk>
     max_len: int = 0              # 0: the longest training line (at most 64)
-    epochs: float = 4.0           # passes over the training split
+    epochs: float = 6.0           # passes over the training split (~10 min on 2 CPU cores)
     batch_size: int = 256
     lr: float = 2e-3              # Adam; cosine-decayed to lr/10 over the run
     weight_decay: float = 0.0
     grad_clip: float = 1.0        # max global grad norm; 0 disables
     kl_schedule: str = "cyclical"
-    beta_max: float = 1.0
+    beta_max: float = 0.5         # < 1 trades ~1 nat of IW-NLL for 3x the reconstruction
+                                  # accuracy; at 1 this decoder keeps only ~6 nats in z
     kl_warmup: int = 2000         # linear / sigmoid ramp length (steps)
     kl_cycles: int = 2            # cyclical: cycles over the run
     kl_ratio: float = 0.5         # cyclical: share of a cycle spent ramping
@@ -158,6 +159,10 @@ def train(tc: TrainConfig, mc: VAEConfig, resume=None, log=print):
         mc = VAEConfig.from_dict(saved["model"])
     torch.manual_seed(tc.seed)
     device = pick_device(tc.device)
+    # Absolute paths in config.json, so --resume and evaluate work from any directory.
+    if Path(tc.corpus).exists():
+        tc.corpus = str(Path(tc.corpus).resolve())
+    tc.data_dir = str(Path(tc.data_dir).resolve())
     corpus = load_corpus(tc.corpus, tc.data_dir, tc.max_len, tc.skip_bad_lines)
     out = Path(tc.out or Path("runs") / corpus.name) if not resume else Path(resume)
 

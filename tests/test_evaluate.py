@@ -1,0 +1,102 @@
+import math
+import random
+
+import pytest
+import torch
+
+from textvae.evaluate import (CharBigram, active_units, distinct_n, iw_nll, log_normal,
+                              log_px_given_z, mutual_info)
+from textvae.model import TextVAE, VAEConfig
+
+
+def tiny_model(latent=4, seed=0):
+    torch.manual_seed(seed)
+    cfg = VAEConfig(vocab_size=12, max_len=3, emb_dim=8, enc_hidden=8, latent=latent,
+                    dec_trunk=16, dec_hidden=8, dropout=0.0)
+    return TextVAE(cfg).eval()
+
+
+def some_lines(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, 12, (n, 3), generator=g)
+
+
+def test_iw_nll_with_one_sample_equals_the_negative_elbo_of_that_sample():
+    model, idx = tiny_model(), some_lines()
+    got = iw_nll(model, idx, k=1, gen=torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        mu, logvar = model.encode(idx)
+        for b in range(len(idx)):
+            z = mu[b] + (0.5 * logvar[b]).exp() * torch.randn(1, 4, generator=gen)
+            elbo = (log_px_given_z(model, z, idx[b])
+                    + log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+                    - log_normal(z, mu[b], logvar[b]))
+            assert float(got[b]) == pytest.approx(-float(elbo), abs=1e-4)
+
+
+def exact_nll_1d(model, line):
+    """-log p(x) = -log ∫ p(x|z) N(z; 0, 1) dz by the trapezoid rule on [-10, 10]."""
+    z = torch.linspace(-10, 10, 20001).unsqueeze(1)
+    with torch.no_grad():
+        logp = log_px_given_z(model, z, line).double() + \
+            torch.distributions.Normal(0.0, 1.0).log_prob(z.squeeze(1)).double()
+    dz = 20 / 20000
+    return -float(torch.logsumexp(logp, 0) + math.log(dz))
+
+
+def test_iw_nll_approaches_the_exact_nll_from_above():
+    model, idx = tiny_model(latent=1, seed=3), some_lines(4, seed=3)
+    exact = sum(exact_nll_1d(model, line) for line in idx) / len(idx)
+
+    def mean_estimate(k, seeds):  # averaged over seeds: the bound holds in expectation
+        return sum(float(iw_nll(model, idx, k=k, gen=torch.Generator().manual_seed(s)).mean())
+                   for s in range(seeds)) / seeds
+    est = {k: mean_estimate(k, seeds) for k, seeds in ((1, 40), (20, 10), (2000, 5))}
+    assert est[1] > est[20] > exact            # looser with fewer samples, always above
+    assert abs(est[2000] - exact) < 0.05       # and tight at large k
+
+
+def test_active_units_and_mutual_info_are_zero_when_the_encoder_ignores_its_input():
+    model = tiny_model()
+    with torch.no_grad():
+        model.to_mu.weight.zero_()
+        model.to_logvar.weight.zero_()
+        mu, logvar = model.encode(some_lines(64))
+    assert active_units(mu) == 0
+    assert abs(mutual_info(mu, logvar, torch.Generator().manual_seed(0))) < 1e-4
+
+
+def test_mutual_info_is_positive_when_posteriors_are_far_apart():
+    mu = torch.cat([torch.full((1000, 2), -5.0), torch.full((1000, 2), 5.0)])
+    logvar = torch.full((2000, 2), -4.0)
+    # Two well-separated clusters of equal size carry one bit: ln 2 nats.
+    assert mutual_info(mu, logvar, torch.Generator().manual_seed(0)) == pytest.approx(math.log(2), abs=0.05)
+    assert active_units(mu) == 2
+
+
+ENGLISH = """the quick brown fox jumps over the lazy dog
+she sells sea shells by the sea shore
+a stitch in time saves nine
+all that glitters is not gold
+the early bird catches the worm
+actions speak louder than words
+when in rome do as the romans do
+the pen is mightier than the sword
+fortune favours the bold and the brave
+there is no place like home
+better late than never they say
+an apple a day keeps the doctor away""".splitlines()
+
+
+def test_bigram_scorer_ranks_real_lines_above_shuffled_ones():
+    held_out = ["the bird is in the house", "there is gold in the sea"]
+    rng = random.Random(0)
+    shuffled = ["".join(rng.sample(s, len(s))) for s in held_out]
+    lm = CharBigram(ENGLISH, vocab=sorted(set("".join(ENGLISH))))
+    assert lm.logprob_per_char(held_out) > lm.logprob_per_char(shuffled) + 0.5
+
+
+def test_distinct_n_counts_unique_ngrams():
+    assert distinct_n(["aaaa"], 1) == 0.25
+    assert distinct_n(["abcd", "abcd"], 2) == 0.5
