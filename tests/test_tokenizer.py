@@ -1,3 +1,5 @@
+import unicodedata
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -57,17 +59,27 @@ def test_save_and_load_give_the_same_ids(tmp_path):
     assert again.encode("床前明月光") == tok.encode("床前明月光")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",),
                                                 blacklist_characters="\n\r\u2581"),
                         min_size=1, max_size=12), min_size=1, max_size=8))
 def test_any_text_round_trips_or_is_rejected_cleanly(lines):
-    """Property: training on any text works, and every training line round-trips."""
+    """Property: any lines either build a vocabulary in which every line round-trips
+    (control characters, which sentencepiece never keeps, as <unk>), or are refused
+    with a UserError; nothing else is raised."""
     lines = [s for s in lines if s.strip()]
     if not lines:
         return
-    tok = CharTokenizer.train(lines, vocab_size=1000)
+    try:
+        tok = CharTokenizer.train(lines, vocab_size=1000)
+    except UserError:
+        assert all(unicodedata.category(c) == "Cc" or c.isspace() for s in lines for c in s)
+        return
     for line in lines:
         ids = tok.encode(line, length=12)
         assert len(ids) == 12
-        assert tok.decode(ids) == line
+        # Every non-control character is in the vocabulary; some control characters
+        # (NUL, ...) are not, and those come back as <unk>.
+        assert all(c in tok.index for c in line if unicodedata.category(c) != "Cc")
+        expected = "".join(c if c in tok.index else "□" for c in line)
+        assert tok.decode(ids) == expected

@@ -6,7 +6,8 @@ folder. Encoding, though, goes character by character through ``piece_to_id``: t
 decoder predicts one character per position, and sentencepiece's own ``encode`` merges a
 run of unknown characters into a single <unk>, which would shift every later position.
 
-Ids: 0 <pad> (positions past a line's end), 1 <unk> (characters outside the vocabulary),
+Ids: 0 <pad> (positions past a line's end), 1 <unk> (characters outside the vocabulary,
+and control characters such as NUL, which sentencepiece never puts in a vocabulary),
 2 <s>, 3 </s> (reserved; the non-autoregressive model never needs them).
 """
 import io
@@ -39,6 +40,15 @@ class CharTokenizer:
         if vocab_size < 5:
             raise UserError(f"--vocab-size must be at least 5, got {vocab_size}")
         proto = io.BytesIO()
+        try:
+            cls._fit(lines, vocab_size, proto)
+        except RuntimeError as e:  # e.g. lines made only of control characters
+            raise UserError(f"cannot build a vocabulary from these lines "
+                            f"({str(e).strip().splitlines()[0][:120]})") from None
+        return cls(proto.getvalue())
+
+    @staticmethod
+    def _fit(lines, vocab_size, proto):
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines), model_writer=proto, model_type="char",
             vocab_size=vocab_size,
@@ -50,7 +60,6 @@ class CharTokenizer:
             split_by_whitespace=False, max_sentence_length=1 << 16,
             num_threads=1, minloglevel=2,
         )
-        return cls(proto.getvalue())
 
     def save(self, path):
         from .io import atomic_write_bytes
