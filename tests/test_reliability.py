@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -74,7 +73,6 @@ def test_sigkill_loses_at_most_one_interval_and_leaves_every_file_loadable(tmp_p
     time.sleep(0.3)
     proc.kill()
     proc.wait()
-    assert not list(out.rglob("*.tmp")) or True  # stray temp names are never read
     for ckpt in (out / "checkpoints").glob("step-*.pt"):
         torch.load(ckpt, weights_only=True)
     load_run(out)

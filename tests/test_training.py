@@ -1,6 +1,5 @@
 import json
 
-import pytest
 import torch
 
 from textvae.generate import SampleConfig, complete, interpolate, reconstruct, sample

@@ -6,8 +6,8 @@ epoch and batch position in the shuffled order, RNG state), so ``--resume`` cont
 exactly where the run stopped: on the CPU with a fixed seed, a resumed run has the same
 losses as one that never stopped. SIGINT / SIGTERM save a checkpoint and exit with 130.
 """
+import json
 import math
-import os
 import signal
 import sys
 import time
@@ -20,8 +20,9 @@ from tqdm import tqdm
 from .anneal import KLSchedule
 from .data import corpus_of_run, load_corpus
 from .errors import UserError
+from .io import atomic_write_text
 from .model import TextVAE, VAEConfig
-from .run import (CKPT_DIR, CONFIG, METRICS, SUMMARY, TOKENIZER, Run, append_metrics,
+from .run import (CKPT_DIR, CONFIG, METRICS, SUMMARY, TOKENIZER, append_metrics,
                   load_checkpoint, read_json, read_metrics, save_checkpoint, save_config,
                   save_weights)
 from .tokenizer import PAD, CharTokenizer
@@ -205,17 +206,19 @@ def train(tc: TrainConfig, mc: VAEConfig, resume=None, log=print):
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step, epoch, batch_pos = 0, 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        step, epoch, batch_pos = state["step"], state["epoch"], state["batch_pos"]
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optim"])
+            step, epoch, batch_pos = state["step"], state["epoch"], state["batch_pos"]
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"{ckpt_path} does not fit {out / CONFIG} "
+                            f"({str(e).strip().splitlines()[-1][:160]})") from None
         torch.set_rng_state(state["rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
         # Records written after that checkpoint belong to a course the resumed run
         # replays; drop them so metrics.jsonl has each step once.
         kept = [r for r in read_metrics(out) if r.get("step", 0) <= step]
-        from .io import atomic_write_text
-        import json
         atomic_write_text(out / METRICS, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                  for r in kept))
 
