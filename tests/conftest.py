@@ -41,3 +41,12 @@ def run_cli(script, *args, cwd=None, timeout=300, env=None):
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env=full_env)
+
+
+def copy_run_files(src, dst):
+    """A copy of a run folder's top-level files (not its checkpoints), to tamper with."""
+    dst.mkdir()
+    for p in src.iterdir():
+        if p.is_file():
+            (dst / p.name).write_bytes(p.read_bytes())
+    return dst

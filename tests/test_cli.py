@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import POEM_LINES, run_cli, write_corpus
+from .conftest import POEM_LINES, copy_run_files, run_cli, write_corpus
 
 TINY = ["--epochs", "3", "--batch-size", "8", "--emb-dim", "16", "--enc-hidden", "16",
         "--latent", "4", "--dec-hidden", "16", "--iw-samples", "5", "--amp", "off"]
@@ -174,22 +174,14 @@ def test_run_folder_missing_or_incomplete(cli_run, tmp_path):
 
 
 def test_truncated_weights_are_refused(cli_run, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    for p in cli_run.iterdir():
-        if p.is_file():
-            (run / p.name).write_bytes(p.read_bytes())
+    run = copy_run_files(cli_run, tmp_path / "run")
     data = (run / "model.safetensors").read_bytes()
     (run / "model.safetensors").write_bytes(data[: len(data) // 2])
     assert_one_line_error(run_cli("generate.py", "--run", run), "safetensors")
 
 
 def test_config_and_tokenizer_mismatch_names_both_values(cli_run, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    for p in cli_run.iterdir():
-        if p.is_file():
-            (run / p.name).write_bytes(p.read_bytes())
+    run = copy_run_files(cli_run, tmp_path / "run")
     cfg = json.loads((run / "config.json").read_text())
     real = cfg["model"]["vocab_size"]
     cfg["model"]["vocab_size"] = real + 7

@@ -14,7 +14,7 @@ import torch
 from textvae import io as tio
 from textvae.run import load_run, read_metrics
 
-from .conftest import POEM_LINES, ROOT, run_cli, write_corpus
+from .conftest import POEM_LINES, ROOT, copy_run_files, run_cli, write_corpus
 
 # Long enough (~1000 steps) that a signal lands mid-run; fp32 so runs are bit-reproducible.
 FLAGS = ["--epochs", "250", "--batch-size", "4", "--emb-dim", "16", "--enc-hidden", "16",
@@ -92,11 +92,7 @@ class Payload:
 
 
 def test_malicious_pickle_in_place_of_weights_is_refused_without_running(tmp_path, straight):
-    run = tmp_path / "run"
-    run.mkdir()
-    for p in straight.iterdir():
-        if p.is_file():
-            (run / p.name).write_bytes(p.read_bytes())
+    run = copy_run_files(straight, tmp_path / "run")
     marker = tmp_path / "pwned"
     (run / "model.safetensors").write_bytes(pickle.dumps(Payload(marker)))
     r = run_cli("generate.py", "--run", run)
@@ -105,11 +101,7 @@ def test_malicious_pickle_in_place_of_weights_is_refused_without_running(tmp_pat
 
 
 def test_malicious_checkpoint_is_refused_on_resume_without_running(tmp_path, straight):
-    run = tmp_path / "run"
-    run.mkdir()
-    for p in straight.iterdir():
-        if p.is_file():
-            (run / p.name).write_bytes(p.read_bytes())
+    run = copy_run_files(straight, tmp_path / "run")
     (run / "checkpoints").mkdir()
     marker = tmp_path / "pwned"
     torch.save({"x": Payload(marker)}, run / "checkpoints" / "step-00000020.pt")
