@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from textvae.evaluate import format_table  # noqa: E402
-from bench.speed import model_config, step_fn, time_steps, train_config  # noqa: E402
+from bench.speed import configs_for, step_fn, time_steps  # noqa: E402
 from textvae.data import load_corpus  # noqa: E402
 from textvae.model import TextVAE  # noqa: E402
 from textvae.tokenizer import CharTokenizer  # noqa: E402
@@ -31,7 +31,7 @@ CONFIGS = {"default": [], "su2018": ["--preset", "su2018"]}
 
 def epochs_for(name, minutes, data, tok, max_len, amp):
     """Epochs that fit in ``minutes``, from the measured step time (plus 5% for evals)."""
-    mc, tc = model_config(name, tok, max_len), train_config(name)
+    tc, mc = configs_for(name, tok, max_len)
     model = TextVAE(mc)
     step = step_fn(model, torch.optim.Adam(model.parameters(), lr=tc.lr), amp)
     sec = time_steps(step, data, tc.batch_size, 40) * 1.05

@@ -19,9 +19,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from textvae.cli import PRESETS  # noqa: E402
+from textvae.cli import configs  # noqa: E402
 from textvae.data import load_corpus  # noqa: E402
-from textvae.model import TextVAE, VAEConfig  # noqa: E402
+from textvae.model import TextVAE  # noqa: E402
 from textvae.tokenizer import CharTokenizer  # noqa: E402
 from textvae.trainer import TrainConfig, pick_device, use_amp  # noqa: E402
 
@@ -35,15 +35,11 @@ def matmul_ceiling(dtype, n=2048, reps=10):
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def model_config(name, tok, max_len):
-    fields = VAEConfig.__dataclass_fields__
-    over = {k: v for k, v in PRESETS.get(name, {}).items() if k in fields}
-    return VAEConfig(**{**over, "vocab_size": tok.vocab_size, "max_len": max_len})
-
-
-def train_config(name):
-    fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in PRESETS.get(name, {}).items() if k in fields})
+def configs_for(name, tok, max_len):
+    """(TrainConfig, VAEConfig) of 'default' or a preset, sized for this corpus."""
+    tc, mc = configs(None if name == "default" else name)
+    mc.vocab_size, mc.max_len = tok.vocab_size, max_len
+    return tc, mc
 
 
 def step_fn(model, opt, amp):
@@ -90,7 +86,7 @@ def main():
           f"{'GFLOP/s':>8} {'of ceiling':>10} {'sample lines/s':>14} {'params':>8} {'peak RSS MB':>11}")
     rows = {}
     for name in ("default", "su2018"):
-        mc, tc = model_config(name, tok, corpus.max_len), train_config(name)
+        tc, mc = configs_for(name, tok, corpus.max_len)
         model = TextVAE(mc)
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
         step = step_fn(model, opt, amp)

@@ -26,6 +26,18 @@ PRESETS = {
 }
 
 
+def configs(preset=None, overrides=None):
+    """(TrainConfig, VAEConfig) for a preset name (None: the defaults) plus overrides."""
+    from .model import VAEConfig
+    from .trainer import TrainConfig
+    settings = {**PRESETS.get(preset or "", {}), **(overrides or {})}
+
+    def pick(cls):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in settings.items() if k in names})
+    return pick(TrainConfig), pick(VAEConfig)
+
+
 def cli(main):
     """Run ``main(argv)``; a UserError is one line on stderr and exit status 2."""
     @functools.wraps(main)
@@ -79,11 +91,7 @@ def train_main(argv):
     _add_fields(p, VAEConfig, skip=("vocab_size", "max_len"))
     args = vars(p.parse_args(argv))
     given = {k: v for k, v in args.items() if v is not None and v is not False}
-    settings = {**PRESETS.get(args["preset"] or "", {}), **given}
-    tnames = {f.name for f in fields(TrainConfig)}
-    mnames = {f.name for f in fields(VAEConfig)}
-    tc = TrainConfig(**{k: v for k, v in settings.items() if k in tnames})
-    mc = VAEConfig(**{k: v for k, v in settings.items() if k in mnames})
+    tc, mc = configs(args["preset"], given)
     if args["resume"] and not Path(args["resume"]).is_dir():
         raise UserError(f"cannot resume: run folder not found: {args['resume']}")
     if args["preset"] and not tc.out:
@@ -215,24 +223,19 @@ def generate_main(argv):
 
 def _evaluate(run, args):
     from tqdm import tqdm
-    from .data import corpus_of_run
-    from .evaluate import evaluate, format_table
+    from .evaluate import evaluate_split, format_table
     from .io import write_json
     if args.iw_samples < 0 or args.num_samples < 0 or args.max_lines < 0:
         raise UserError("--iw-samples, --num-samples and --max-lines must be >= 0")
-    corpus = corpus_of_run(run)
-    lines = corpus.splits[args.split][:args.max_lines or None]
-    if not lines:
-        raise UserError(f"the {args.split} split of {corpus.name} is empty")
-    bar = tqdm(total=len(lines), desc=f"IW-NLL k={args.iw_samples}", unit="line",
-               file=sys.stderr, disable=args.iw_samples == 0)
+    bar = tqdm(desc=f"IW-NLL k={args.iw_samples}", unit="line", file=sys.stderr,
+               disable=args.iw_samples == 0)
 
     def progress(done, total):
+        bar.total = total
         bar.update(done - bar.n)
-    res = evaluate(run, lines, corpus.train, iw_samples=args.iw_samples,
-                   n_samples=args.num_samples, progress=progress)
+    res = evaluate_split(run, args.split, args.max_lines, iw_samples=args.iw_samples,
+                         n_samples=args.num_samples, progress=progress)
     bar.close()
-    res["split"] = args.split
     write_json(Path(args.run) / "eval.json", res)
     print(json.dumps(res, indent=2) if args.format == "json" else format_table(res))
     print(f"(written to {Path(args.run) / 'eval.json'})", file=sys.stderr)

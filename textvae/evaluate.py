@@ -79,7 +79,7 @@ def mutual_info(mu, logvar, gen=None, chunk=256):
     for i in range(0, N, chunk):
         zi = z[i:i + chunk].unsqueeze(1)                                # (c, 1, D)
         log_q = log_normal(zi, mu.unsqueeze(0), logvar.unsqueeze(0))   # (c, N)
-        own = log_normal(z[i:i + chunk], mu[i:i + chunk], logvar[i:i + chunk])
+        own = log_q.diagonal(offset=i)                                 # log q(z_i|x_i)
         total += float((own - (torch.logsumexp(log_q, dim=1) - math.log(N))).sum())
     return total / N
 
@@ -137,23 +137,19 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
     greedy = SampleConfig()
 
     mus, logvars, rec, kl = [], [], 0.0, 0.0
-    hits_mu = hits_z = exact_mu = exact_z = 0
+    hits, exact = {"mu": 0, "z": 0}, {"mu": 0, "z": 0}
     for batch in _batches(idx, batch_size):
         mu, logvar = model.encode(batch)
         z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen).to(device)
         rec -= float(log_px_given_z(model, z, batch).sum())
         kl += float(gaussian_kl(mu, logvar).sum())
         mask = batch != PAD
-        for src, kind in ((mu, "mu"), (z, "z")):
+        for kind, src in (("mu", mu), ("z", z)):
             guess = pick(model.decode(src).cpu(), banned, greedy).to(device)
             # Character accuracy over real characters; a line is exact when every
             # position matches, padding included (so its length is right too).
-            hits = int(((guess == batch) & mask).sum())
-            exact = int((guess == batch).all(1).sum())
-            if kind == "mu":
-                hits_mu, exact_mu = hits_mu + hits, exact_mu + exact
-            else:
-                hits_z, exact_z = hits_z + hits, exact_z + exact
+            hits[kind] += int(((guess == batch) & mask).sum())
+            exact[kind] += int((guess == batch).all(1).sum())
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
     N = len(lines)
@@ -163,8 +159,8 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
            "mi": mutual_info(mu_all, torch.cat(logvars), gen) if N > 1 else 0.0,
            "mi_max": math.log(N),
            "au": active_units(mu_all), "latent": model.cfg.latent,
-           "acc_mu": hits_mu / n_chars, "exact_mu": exact_mu / N,
-           "acc_z": hits_z / n_chars, "exact_z": exact_z / N}
+           "acc_mu": hits["mu"] / n_chars, "exact_mu": exact["mu"] / N,
+           "acc_z": hits["z"] / n_chars, "exact_z": exact["z"] / N}
     out["elbo_nll_per_char"] = out["elbo_nll"] * N / n_chars
 
     if iw_samples > 0:
@@ -210,6 +206,18 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
         out["interp_well_formed"] = formed / middles
         out["interp_distinct"] = distinct / n_pairs
     return out
+
+
+def evaluate_split(run, split="test", max_lines=0, **kw):
+    """``evaluate`` on a split of the corpus the run was trained on (read with the run's
+    own settings). An empty split is an error; ``max_lines`` keeps the first N lines."""
+    from .data import corpus_of_run
+    from .errors import UserError
+    corpus = corpus_of_run(run)
+    lines = corpus.splits[split][:max_lines or None]
+    if not lines:
+        raise UserError(f"the {split} split of {corpus.name} is empty")
+    return {**evaluate(run, lines, corpus.train, **kw), "split": split, "corpus": corpus.name}
 
 
 ROWS = [  # (key, label, format)

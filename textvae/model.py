@@ -220,6 +220,7 @@ class TextVAE(nn.Module):
         <pad>, so a variable-length corpus learns where lines end).
         kl_loss: the true KL, reported; the optimised term floors each dimension's
         batch-mean KL at ``free_bits`` so no dimension is pushed all the way to the prior.
+        mu: the posterior means, for callers that also measure reconstruction.
         """
         logits, mu, logvar = self(idx)
         rec = F.cross_entropy(logits.float().flatten(0, 1), idx.flatten(),
@@ -227,4 +228,4 @@ class TextVAE(nn.Module):
         kl_dim = gaussian_kl(mu.float(), logvar.float()).mean(0)     # (D,)
         kl = kl_dim.sum()
         kl_opt = kl_dim.clamp(min=free_bits).sum() if free_bits > 0 else kl
-        return {"loss": rec + beta * kl_opt, "rec": rec, "kl": kl}
+        return {"loss": rec + beta * kl_opt, "rec": rec, "kl": kl, "mu": mu}

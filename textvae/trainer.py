@@ -18,8 +18,9 @@ import torch
 from tqdm import tqdm
 
 from .anneal import KLSchedule
-from .data import corpus_of_run, load_corpus
+from .data import load_corpus
 from .errors import UserError
+from .evaluate import active_units
 from .io import atomic_write_text
 from .model import TextVAE, VAEConfig
 from .run import (CKPT_DIR, CONFIG, METRICS, SUMMARY, TOKENIZER, append_metrics,
@@ -139,16 +140,15 @@ def validate(model, idx, beta, batch_size=1024):
         terms = model.loss(batch, beta)
         rec += terms["rec"].item() * len(batch)
         kl += terms["kl"].item() * len(batch)
-        mu, _ = model.encode(batch)
-        guess = model.decode(mu).argmax(-1)
+        guess = model.decode(terms["mu"]).argmax(-1)
         hits += float(((guess == batch) & (batch != PAD)).sum())
-        mus.append(mu.float())
+        mus.append(terms["mu"].float())
     model.train()
     mu = torch.cat(mus)
     n = len(idx)
     return {"rec": rec / n, "kl": kl / n, "nelbo": (rec + kl) / n,
             "acc_mu": hits / float((idx != PAD).sum()),
-            "au": int((mu.var(0, unbiased=False) > 0.01).sum())}
+            "au": active_units(mu)}
 
 
 def train(tc: TrainConfig, mc: VAEConfig, resume=None, log=print):
@@ -304,18 +304,23 @@ def _overrides(tc):
 
 
 def finish(out, log=print):
-    """Evaluate a finished run on its test split and write summary.json."""
-    from .evaluate import evaluate, format_table
+    """Evaluate a finished run on its test split and write summary.json.
+
+    A corpus too small to have test lines (a file of a few dozen lines: 1% goes to test)
+    is evaluated on its validation split, or else on its training split.
+    """
+    from .evaluate import evaluate_split, format_table
     from .io import write_json
     from .run import load_run
     run = load_run(out)
-    corpus = corpus_of_run(run)
-    test = corpus.splits["test"] or corpus.splits["valid"] or corpus.train[:1000]
+    counts = run.config["data"]["counts"]
+    split = next((s for s in ("test", "valid") if counts.get(s)), "train")
     t0 = time.time()
-    res = evaluate(run, test, corpus.train, iw_samples=run.config["train"]["iw_samples"])
+    res = evaluate_split(run, split, max_lines=0 if split != "train" else 1000,
+                         iw_samples=run.config["train"]["iw_samples"])
     res["eval_s"] = round(time.time() - t0, 1)
     hist = read_metrics(out)
-    summary = {"split": "test", "corpus": corpus.name, **res,
+    summary = {**res,
                "steps": hist[-1]["step"] if hist else None,
                "train_s": hist[-1]["elapsed_s"] if hist else None}
     write_json(Path(out) / SUMMARY, summary)
