@@ -1,12 +1,19 @@
-"""The default config against the su2018 baseline, same data, same wall-clock budget.
+"""Sample quality of the default model beside its anchors: same data, same budget.
 
-    python bench/quality.py [--minutes 15] [--iw-samples 500] [--max-lines 0]
+    python bench/quality.py [--minutes 15] [--corpus tang5] [--run runs/tang5]
+                            [--iw-samples 100] [--max-lines 0]
 
-For each config: time a few training steps, choose --epochs so that training takes
-``--minutes`` (a run cut off by a clock would stop mid-way through its KL schedule), train
-it with train.py, evaluate it with `generate.py evaluate` on the same test lines, and
-print both tables side by side with the ratio default / su2018 of each figure.
-Run folders go to runs/bench-<config>; existing ones are reused (delete to retrain).
+Systems, each trained for ``--minutes`` of wall clock on the same training split:
+  default  the default VAE (``--run`` reuses a finished run, e.g. the README's)
+  su2018   Su Jianlin's 2018 poetry VAE (``--preset su2018``)
+  charlm   a one-layer GRU character LM (bench/charlm.py): what a user would pick to
+           write lines if encoding, interpolation and completion did not matter
+Every system's 1,000 samples are judged by the same functions (textvae.evaluate.
+judge_samples): a Kneser-Ney character trigram fitted on the training split (fluency,
+bits per character, beside real test lines), the reverse judge fitted on the samples,
+adjacent repeats, novelty, uniqueness, distinct-2. The VAEs also get the likelihood,
+latent-use, reconstruction and interpolation figures of ``generate.py evaluate``.
+Run folders go to runs/bench-<system>-<corpus>; existing ones are reused.
 """
 import argparse
 import json
@@ -19,61 +26,87 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from textvae.evaluate import format_table  # noqa: E402
 from bench.speed import configs_for, step_fn, time_steps  # noqa: E402
 from textvae.data import load_corpus  # noqa: E402
+from textvae.evaluate import evaluate_split, format_table, judge_samples  # noqa: E402
 from textvae.model import TextVAE  # noqa: E402
+from textvae.run import load_run  # noqa: E402
 from textvae.tokenizer import CharTokenizer  # noqa: E402
-from textvae.trainer import pick_device, use_amp  # noqa: E402
+from textvae.trainer import resolve_device, use_amp  # noqa: E402
 
-CONFIGS = {"default": [], "su2018": ["--preset", "su2018"]}
+VAES = {"default": [], "su2018": ["--preset", "su2018"]}
 
 
-def epochs_for(name, minutes, data, tok, max_len, amp):
-    """Epochs that fit in ``minutes``, from the measured step time (plus 5% for evals)."""
+def steps_for(name, minutes, data, tok, max_len):
+    """Training steps that fit in ``minutes``, from the measured step time (+5% for
+    validation and checkpoints)."""
     tc, mc = configs_for(name, tok, max_len)
     model = TextVAE(mc)
+    amp = use_amp("auto", resolve_device("auto"))
     step = step_fn(model, torch.optim.Adam(model.parameters(), lr=tc.lr), amp)
-    sec = time_steps(step, data, tc.batch_size, 40) * 1.05
-    steps = minutes * 60 / sec
-    return steps * tc.batch_size / len(data)
+    sec = time_steps(step, data, tc.batch_size, 20) * 1.05
+    return max(1, int(minutes * 60 / sec))
+
+
+def train_vae(name, args, corpus, tok, data):
+    out = ROOT / "runs" / f"bench-{name}-{corpus.name}"
+    if not (out / "model.safetensors").exists():
+        steps = steps_for(name, args.minutes, data, tok, corpus.max_len)
+        print(f"{name}: {steps} steps fit in {args.minutes:g} min", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "train.py"), "--corpus", args.corpus,
+                        "--out", str(out), "--max-steps", str(steps), "--iw-samples", "0",
+                        *VAES[name]], check=True, cwd=ROOT)
+    return out
+
+
+def evaluate_vae(folder, args):
+    run = load_run(folder, resolve_device("auto"))
+    res = evaluate_split(run, "test", args.max_lines, iw_samples=args.iw_samples)
+    hist = [json.loads(s) for s in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+    res["train_steps"], res["train_s"] = hist[-1]["step"], hist[-1]["elapsed_s"]
+    return res
+
+
+def charlm(args, corpus):
+    from bench import charlm as lm
+    out = ROOT / "runs" / f"bench-charlm-{corpus.name}"
+    if not (out / "samples.json").exists():
+        lm.main(["--minutes", str(args.minutes), "--corpus", args.corpus, "--out", str(out)])
+    saved = json.loads((out / "samples.json").read_text())
+    tok = CharTokenizer.train(corpus.train, 4000)
+    test = corpus.splits["test"]
+    res = judge_samples(saved["samples"], test, corpus.train, corpus.form(), tok.vocab_size)
+    res["train_steps"], res["train_s"] = saved["steps"], saved["minutes"] * 60
+    return res
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=15.0, help="training budget per config")
+    p.add_argument("--minutes", type=float, default=15.0, help="training budget per system")
     p.add_argument("--corpus", default="tang5")
-    p.add_argument("--iw-samples", type=int, default=500)
-    p.add_argument("--max-lines", type=int, default=0, help="evaluate on the first N test lines")
+    p.add_argument("--run", help="a finished default run to use instead of training one")
+    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--max-lines", type=int, default=0, help="evaluate N random test lines")
     args = p.parse_args()
     corpus = load_corpus(args.corpus)
     tok = CharTokenizer.train(corpus.train, 4000)
     data = torch.from_numpy(tok.encode_batch(corpus.train, corpus.max_len))
-    amp = use_amp("auto", pick_device("auto"))
     results = {}
-    for name, flags in CONFIGS.items():
-        out = ROOT / "runs" / f"bench-{name}"
-        if not (out / "summary.json").exists():
-            epochs = epochs_for(name, args.minutes, data, tok, corpus.max_len, amp)
-            print(f"{name}: {epochs:.2f} epochs fit in {args.minutes:g} min", flush=True)
-            t = time.time()
-            subprocess.run([sys.executable, str(ROOT / "train.py"), "--corpus", args.corpus,
-                            "--out", str(out), "--epochs", f"{epochs:.3f}", "--iw-samples",
-                            "0", *flags], check=True, cwd=ROOT)
-            print(f"{name}: trained and summarised in {(time.time() - t) / 60:.1f} min")
-        subprocess.run([sys.executable, str(ROOT / "generate.py"), "evaluate", "--run",
-                        str(out), "--iw-samples", str(args.iw_samples), "--max-lines",
-                        str(args.max_lines), "--format", "json"], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
-        results[name] = json.loads((out / "eval.json").read_text())
-        metrics = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
-        results[name]["train_steps"] = metrics[-1]["step"]
-        results[name]["train_s"] = metrics[-1]["elapsed_s"]
-    d, s = results["default"], results["su2018"]
-    print(f"\n{args.corpus} test split ({d['lines']} lines), IW-NLL with k={args.iw_samples}; "
-          f"training: default {d['train_steps']} steps in {d['train_s']:.0f} s, "
-          f"su2018 {s['train_steps']} steps in {s['train_s']:.0f} s")
-    print(format_table([d, s], ["default", "su2018"]))
+    for name in VAES:
+        t = time.time()
+        folder = Path(args.run) if name == "default" and args.run else \
+            train_vae(name, args, corpus, tok, data)
+        results[name] = evaluate_vae(folder, args)
+        print(f"{name}: {folder} ready and evaluated in {(time.time() - t) / 60:.1f} min",
+              flush=True)
+    results["charlm"] = charlm(args, corpus)
+    names = list(results)
+    print(f"\n{args.corpus} test split, IW-NLL with k={args.iw_samples}; training: " +
+          ", ".join(f"{n} {r['train_steps']} steps in {r['train_s']:.0f} s"
+                    for n, r in results.items()))
+    print(format_table([results[n] for n in names], names))
+    for n in names:
+        print(f"\n{n}: " + " ".join(results[n]["sample_lines"]))
 
 
 if __name__ == "__main__":

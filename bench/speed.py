@@ -19,11 +19,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from textvae.cli import configs  # noqa: E402
+from textvae.config import TrainConfig, configs  # noqa: E402
 from textvae.data import load_corpus  # noqa: E402
 from textvae.model import TextVAE  # noqa: E402
 from textvae.tokenizer import CharTokenizer  # noqa: E402
-from textvae.trainer import TrainConfig, pick_device, use_amp  # noqa: E402
+from textvae.trainer import resolve_device, use_amp  # noqa: E402
 
 
 def matmul_ceiling(dtype, n=2048, reps=10):
@@ -70,7 +70,7 @@ def main():
     p.add_argument("--corpus", default="tang5")
     args = p.parse_args()
     torch.manual_seed(0)
-    device = pick_device("auto")
+    device = resolve_device("auto")
     amp = use_amp("auto", device)
     corpus = load_corpus(args.corpus)
     tok = CharTokenizer.train(corpus.train, TrainConfig().vocab_size)

@@ -12,7 +12,8 @@ import pytest
 from .conftest import POEM_LINES, copy_run_files, run_cli, write_corpus
 
 TINY = ["--epochs", "3", "--batch-size", "8", "--emb-dim", "16", "--enc-hidden", "16",
-        "--latent", "4", "--dec-hidden", "16", "--iw-samples", "5", "--amp", "off"]
+        "--latent", "4", "--dec-hidden", "16", "--refiner-dim", "16", "--refiner-heads", "2",
+        "--iw-samples", "5", "--amp", "off", "--min-steps", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +68,16 @@ def test_generate_json_and_other_commands(cli_run, tmp_path):
     assert len(path["linear"]) == 4 and len(path["spherical"]) == 4
     r = run_cli("generate.py", "encode", "白日依山尽", "--run", cli_run)
     assert len(json.loads(r.stdout)[0]["mu"]) == 4
-    r = run_cli("generate.py", "reconstruct", "白日依山尽", "--run", cli_run)
-    assert r.returncode == 0 and r.stdout.startswith("白日依山尽\t")
-    r = run_cli("generate.py", "complete", "白日__尽", "--run", cli_run)
-    assert r.returncode == 0 and r.stdout.split("\t")[1].startswith("白日")
     r = run_cli("generate.py", "--acrostic", "白黄", "--num", "1", "--run", cli_run)
     assert [s[0] for s in r.stdout.split()] == ["白", "黄"]
+
+
+def test_reconstruct_and_complete_from_the_command_line(overfit_run):
+    r = run_cli("generate.py", "reconstruct", "白日依山尽", "疑是地上霜", "--run", overfit_run.dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "白日依山尽\t白日依山尽\n疑是地上霜\t疑是地上霜\n"
+    r = run_cli("generate.py", "complete", "白日依山_", "_前明月光", "--run", overfit_run.dir)
+    assert r.stdout == "白日依山_\t白日依山尽\n_前明月光\t床前明月光\n"
 
 
 def test_evaluate_prints_table_and_writes_eval_json(cli_run):
@@ -159,9 +164,14 @@ def test_generate_bad_inputs(cli_run, args, fragment):
     assert snapshot(cli_run) == before
 
 
-def test_unknown_character_maps_to_unk_only_when_asked(cli_run):
-    r = run_cli("generate.py", "reconstruct", "白日麒山尽", "--allow-unk", "--run", cli_run)
+def test_unknown_character_maps_to_unk_only_when_asked(overfit_run):
+    r = run_cli("generate.py", "reconstruct", "白日麒山尽", "--run", overfit_run.dir)
+    assert r.returncode == 2 and "'麒'" in r.stderr
+    r = run_cli("generate.py", "reconstruct", "白日麒山尽", "--allow-unk", "--run",
+                overfit_run.dir)
     assert r.returncode == 0, r.stderr
+    line, rec = r.stdout.rstrip("\n").split("\t")
+    assert line == "白日麒山尽" and len(rec) == 5 and "□" not in rec
 
 
 def test_run_folder_missing_or_incomplete(cli_run, tmp_path):
@@ -191,3 +201,90 @@ def test_config_and_tokenizer_mismatch_names_both_values(cli_run, tmp_path):
     cfg["model"]["latent"] = 9
     (run / "config.json").write_text(json.dumps(cfg))
     assert_one_line_error(run_cli("generate.py", "--run", run), "latent=9")
+
+
+# -- found by trials as a new user ---------------------------------------------------------
+
+def test_out_folder_under_a_regular_file(tmp_path):
+    write_corpus(tmp_path / "c.txt", POEM_LINES)
+    (tmp_path / "f.txt").write_text("x")
+    assert_one_line_error(run_cli("train.py", "--corpus", tmp_path / "c.txt", "--out",
+                                  tmp_path / "f.txt" / "run", cwd=tmp_path), "is a file")
+
+
+@pytest.mark.parametrize("lines,fragment", [(["白日依山尽"] * 3, "1 distinct line"),
+                                            (["白日依山尽", "黄河\x00海流"], "NUL")])
+def test_corpus_of_one_line_or_with_nul_characters(tmp_path, lines, fragment):
+    write_corpus(tmp_path / "c.txt", lines)
+    assert_one_line_error(run_cli("train.py", "--corpus", tmp_path / "c.txt", cwd=tmp_path),
+                          fragment)
+
+
+def test_even_kernel_is_one_line(tmp_path):
+    write_corpus(tmp_path / "c.txt", POEM_LINES)
+    assert_one_line_error(run_cli("train.py", "--corpus", tmp_path / "c.txt", "--kernel", "4",
+                                  cwd=tmp_path), "--kernel")
+
+
+@pytest.mark.parametrize("device", ["cuda", "tpu9"])
+def test_generate_on_a_device_this_machine_lacks(cli_run, device):
+    import torch
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_one_line_error(run_cli("generate.py", "--run", cli_run, "--device", device),
+                          "--device")
+
+
+def test_a_huge_num_streams_poems_at_once(cli_run):
+    import os
+    import subprocess
+    import sys
+    from .conftest import ROOT
+    proc = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "--run", str(cli_run),
+                             "--num", "1000000000000"], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        first = [proc.stdout.readline() for _ in range(5)]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert all(len(s.strip()) > 0 for s in first[:4]) and first[4] == "\n"
+
+
+def test_lstm_encoder_and_su2018_preset_train_on_real_lines_and_generate(tmp_path):
+    write_corpus(tmp_path / "c.txt", POEM_LINES * 2)
+    for flags in (["--encoder", "lstm"], ["--preset", "su2018"]):
+        out = tmp_path / flags[1]
+        r = run_cli("train.py", "--corpus", tmp_path / "c.txt", "--out", out, *TINY, *flags,
+                    cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        config = json.loads((out / "config.json").read_text())
+        if flags[0] == "--preset":
+            assert config["model"]["refiner_layers"] == 0 and config["train"]["beta_max"] == 1.0
+        else:
+            assert config["model"]["encoder"] == "lstm"
+        r = run_cli("generate.py", "--run", out, "--num", "2")
+        assert r.returncode == 0 and len(r.stdout.split()) == 8, r.stderr
+        assert all(len(s) == 5 for s in r.stdout.split())
+
+
+def test_skip_nonfinite_skips_instead_of_stopping(tmp_path):
+    write_corpus(tmp_path / "c.txt", POEM_LINES)
+    r = run_cli("train.py", "--corpus", tmp_path / "c.txt", "--out", tmp_path / "run", *TINY,
+                "--lr", "1e30", "--grad-clip", "0", "--skip-nonfinite", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] > 0
+
+
+def test_variable_length_corpus_generates_and_completes(tmp_path):
+    lines = ["山高月小", "水落石出", "白日依山尽", "春风又绿江南岸", "明月", "江流天地外"] * 2
+    write_corpus(tmp_path / "c.txt", lines)
+    out = tmp_path / "run"
+    r = run_cli("train.py", "--corpus", tmp_path / "c.txt", "--out", out, *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("generate.py", "--run", out, "--num", "3", "--seed", "2")
+    assert r.returncode == 0 and len(r.stdout.split()) == 12, (r.stdout, r.stderr)
+    assert all(1 <= len(s) <= 7 and "□" not in s for s in r.stdout.split())
+    r = run_cli("generate.py", "complete", "_风__江", "--run", out)
+    line = r.stdout.split("\t")[1].strip()
+    assert r.returncode == 0 and len(line) >= 5 and line[1] == "风" and line[4] == "江"

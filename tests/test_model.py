@@ -13,7 +13,7 @@ ENCODERS = ["gcnn", "lstm"]
 
 def small(encoder="gcnn", **kw):
     cfg = dict(vocab_size=50, max_len=7, encoder=encoder, emb_dim=16, enc_hidden=16,
-               latent=6, dec_hidden=16, dropout=0.0)
+               latent=6, dec_hidden=16, dropout=0.0, refiner_dim=16, refiner_heads=2)
     torch.manual_seed(0)
     return TextVAE(VAEConfig(**{**cfg, **kw})).eval()
 
@@ -53,7 +53,7 @@ def test_loss_at_init_is_close_to_uniform_cross_entropy():
 
 
 def test_free_bits_floor_each_dimension_but_kl_is_reported_unchanged():
-    model = small()
+    model = small(refiner_layers=0)
     idx = lines(8)
     torch.manual_seed(1)
     plain = model.loss(idx, beta=1.0)
@@ -61,6 +61,33 @@ def test_free_bits_floor_each_dimension_but_kl_is_reported_unchanged():
     floored = model.loss(idx, beta=1.0, free_bits=5.0)
     assert torch.allclose(plain["kl"], floored["kl"])
     assert torch.allclose(floored["loss"], floored["rec"] + 5.0 * 6)  # every dim below 5
+
+
+def test_free_bits_floor_each_dimension_not_the_total():
+    # KL 50 nats in one dimension, 0 in five: a per-dimension floor of 5 optimises
+    # 50 + 5 * 5; a floor on the total would optimise max(50, 30) = 50.
+    model = small(refiner_layers=0)
+    mu, logvar = torch.zeros(8, 6), torch.zeros(8, 6)
+    mu[:, 0] = 10.0
+    model.encode = lambda idx: (mu, logvar)
+    terms = model.loss(lines(8), beta=1.0, free_bits=5.0)
+    assert terms["kl"].item() == pytest.approx(50.0)
+    assert (terms["loss"] - terms["rec"]).item() == pytest.approx(75.0)
+
+
+def test_refiner_loss_is_added_and_leaves_the_latent_alone():
+    model = small().train()
+    idx = lines(8)
+    terms = model.loss(idx, beta=1.0)
+    assert torch.allclose(terms["loss"], terms["rec"] + terms["kl"] + terms["ref"])
+    model.zero_grad()
+    model.refiner_loss(idx, model.encode(idx)[0].detach()).backward()
+    assert model.to_mu.weight.grad is None and model.refiner.out.weight.grad.abs().sum() > 0
+
+
+def test_even_kernel_is_refused():
+    with pytest.raises(UserError, match="--kernel must be odd"):
+        small(kernel=4)
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)

@@ -3,6 +3,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 import pytest
 import torch
 
-from textvae import io as tio
+from textvae import files as tio
 from textvae.run import load_run, read_metrics
 
 from .conftest import POEM_LINES, ROOT, copy_run_files, run_cli, write_corpus
@@ -19,7 +20,8 @@ from .conftest import POEM_LINES, ROOT, copy_run_files, run_cli, write_corpus
 # Long enough (~1000 steps) that a signal lands mid-run; fp32 so runs are bit-reproducible.
 FLAGS = ["--epochs", "250", "--batch-size", "4", "--emb-dim", "16", "--enc-hidden", "16",
          "--latent", "4", "--dec-hidden", "16", "--eval-every", "20", "--ckpt-every", "20",
-         "--iw-samples", "0", "--amp", "off"]
+         "--refiner-dim", "16", "--refiner-heads", "2", "--iw-samples", "0", "--amp", "off",
+         "--min-steps", "0"]
 
 
 def corpus(tmp_path):
@@ -66,21 +68,62 @@ def test_sigterm_saves_exits_130_and_resume_follows_the_same_course(tmp_path, st
         assert x["valid_nelbo"] == pytest.approx(y["valid_nelbo"], rel=1e-4, abs=1e-4)
 
 
+def last_step_shown(stderr):
+    """The highest step the progress bar printed (it lags the loop by up to a second)."""
+    return max(map(int, re.findall(r"(\d+)/1000 \[", stderr)), default=0)
+
+
 def test_sigkill_loses_at_most_one_interval_and_leaves_every_file_loadable(tmp_path):
     out = tmp_path / "run"
     proc = start(tmp_path, out)
-    wait_for_checkpoint(out, proc, n=1)
-    time.sleep(0.3)
+    wait_for_checkpoint(out, proc, n=2)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be killed"
     proc.kill()
-    proc.wait()
+    _, err = proc.communicate()
+    steps = [int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("step-*.pt")]
     for ckpt in (out / "checkpoints").glob("step-*.pt"):
         torch.load(ckpt, weights_only=True)
     load_run(out)
+    reached = last_step_shown(err)
+    assert 0 < max(steps) < 1000 and reached - max(steps) <= 20  # --ckpt-every 20
     r = run_cli("train.py", "--resume", out, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    total = json.loads((out / "summary.json").read_text())["steps"]
-    assert total == 250 * 4  # 16 lines / batch 4 = 4 steps an epoch
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 250 * 4  # 16 lines / batch 4 = 4 steps an epoch
     load_run(out)
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train.py", "--corpus", corpus(tmp_path), "--out", out, *FLAGS,
+                "--max-steps", "8", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for p in (out / "checkpoints").glob("*"):
+        p.unlink()
+    (out / "model.safetensors").unlink()
+    (out / ".model.safetensors.x1y2.tmp").write_bytes(b"half a file")
+    r = run_cli("train.py", "--resume", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "from step 0" in r.stdout and "removed 1 temporary file" in r.stdout
+    assert not list(out.glob(".*.tmp"))
+    assert [x["step"] for x in read_metrics(out)] == [8]
+
+
+def test_resume_applies_a_longer_run_refuses_other_changes_and_adds_up_time(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train.py", "--corpus", corpus(tmp_path), "--out", out, *FLAGS,
+                "--max-steps", "40", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    first = json.loads((out / "summary.json").read_text())
+    for flags, fragment in ((["--lr", "0.1"], "--lr"), (["--latent", "9"], "--latent"),
+                            (["--batch-size", "8"], "--batch-size")):
+        r = run_cli("train.py", "--resume", out, *flags, cwd=tmp_path)
+        assert r.returncode == 2 and fragment in r.stderr and "cannot change" in r.stderr
+    r = run_cli("train.py", "--resume", out, "--max-steps", "80", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    second = json.loads((out / "summary.json").read_text())
+    assert second["steps"] == 80 and second["train_s"] > first["train_s"]
 
 
 class Payload:

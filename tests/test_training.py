@@ -1,32 +1,51 @@
+import copy
 import json
 
+import pytest
 import torch
 
 from textvae.generate import SampleConfig, complete, interpolate, reconstruct, sample
-from textvae.run import load_run
+from textvae.judge import chars_changed
+from textvae.run import load_run, save_weights
 
-from .conftest import POEM_LINES
+from .conftest import POEM_LINES, copy_run_files
 
 
 def test_overfitting_eight_lines_reconstructs_them_exactly(overfit_run):
     assert reconstruct(overfit_run, POEM_LINES) == POEM_LINES
 
 
-def test_interpolation_endpoints_decode_to_the_inputs(overfit_run):
+def test_interpolation_ends_are_the_inputs_and_the_middle_moves_between_them(overfit_run):
+    a, b = "白日依山尽", "床前明月光"
+    vocab = set("".join(POEM_LINES))
     for how in ("linear", "spherical"):
-        path = interpolate(overfit_run, "白日依山尽", "床前明月光", steps=6, how=how)
-        assert len(path) == 6
-        assert path[0] == "白日依山尽" and path[-1] == "床前明月光"
+        path = interpolate(overfit_run, a, b, steps=6, how=how)
+        assert len(path) == 6 and path[0] == a and path[-1] == b
+        assert all(len(s) == 5 and set(s) <= vocab for s in path), path
+        # The first step away from a is nearer a than b, the last step nearer b.
+        assert chars_changed(path[1], a) <= chars_changed(path[1], b), path
+        assert chars_changed(path[-2], b) <= chars_changed(path[-2], a), path
 
 
-def test_save_then_load_gives_identical_outputs(overfit_run):
-    again = load_run(overfit_run.dir)
+def test_save_then_load_gives_identical_outputs(overfit_run, tmp_path):
+    # Weights that exist only in memory (the training run's, nudged), saved and loaded
+    # back: a save that dropped or mangled a tensor would change the outputs.
+    model = copy.deepcopy(overfit_run.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    folder = copy_run_files(overfit_run.dir, tmp_path / "run")
+    save_weights(folder, model)
+    again = load_run(folder)
     idx = torch.tensor([overfit_run.tokenizer.encode(s, 5) for s in POEM_LINES])
     with torch.no_grad():
-        a = overfit_run.model.decode(overfit_run.model.encode(idx)[0])
-        b = again.model.decode(again.model.encode(idx)[0])
-    assert torch.equal(a, b)
-    assert sample(again, 5, SampleConfig(seed=3)) == sample(overfit_run, 5, SampleConfig(seed=3))
+        mu = model.encode(idx)[0]
+        assert torch.equal(again.model.encode(idx)[0], mu)
+        assert torch.equal(again.model.decode(mu), model.decode(mu))
+        noise, draft = torch.full((8,), 0.5), model.decoder.features(mu)
+        assert torch.equal(again.model.refiner(idx, mu, noise, draft),
+                           model.refiner(idx, mu, noise, draft))
+    assert not torch.equal(model.decode(mu), overfit_run.model.decode(mu))
 
 
 def test_samples_are_reproducible_and_well_formed(overfit_run):
@@ -35,9 +54,12 @@ def test_samples_are_reproducible_and_well_formed(overfit_run):
     assert all(len(s) == 5 and "□" not in s for s in a)
 
 
-def test_complete_keeps_the_given_characters(overfit_run):
-    line = complete(overfit_run, "白日__尽")[0]
-    assert len(line) == 5 and line[:2] == "白日" and line[4] == "尽"
+@pytest.mark.parametrize("pattern,line", [("白日依山_", "白日依山尽"), ("_前明月光", "床前明月光"),
+                                          ("疑是__霜", "疑是地上霜"), ("处处__鸟", "处处闻啼鸟")])
+def test_complete_fills_blanks_with_the_memorised_line(overfit_run, pattern, line):
+    # Only one of the eight lines fits each pattern: the search over z and the refiner
+    # must find its missing characters (keeping the given ones alone would not).
+    assert complete(overfit_run, pattern) == [line]
 
 
 def test_run_folder_is_self_contained(overfit_run):

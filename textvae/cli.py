@@ -13,29 +13,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from .config import PRESETS, configs
 from .errors import UserError
+from .generate import SampleConfig, poems
 
 DEFAULT_RUN = "runs/tang5"
-
-# Su Jianlin's Keras poetry VAE (../shared/docs/anchors.md), the baseline to beat.
-PRESETS = {
-    "su2018": {"emb_dim": 64, "enc_hidden": 64, "enc_layers": 2, "kernel": 3,
-               "pooling": "mean", "latent": 64, "dec_trunk": 0, "dec_hidden": 64, "dec_layers": 1,
-               "dropout": 0.0, "kl_schedule": "constant", "beta_max": 1.0,
-               "free_bits": 0.0, "lr": 1e-3, "batch_size": 64},
-}
-
-
-def configs(preset=None, overrides=None):
-    """(TrainConfig, VAEConfig) for a preset name (None: the defaults) plus overrides."""
-    from .model import VAEConfig
-    from .trainer import TrainConfig
-    settings = {**PRESETS.get(preset or "", {}), **(overrides or {})}
-
-    def pick(cls):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in settings.items() if k in names})
-    return pick(TrainConfig), pick(VAEConfig)
 
 
 def cli(main):
@@ -79,8 +61,9 @@ def _add_fields(parser, cls, skip=()):
 # ---------------------------------------------------------------------------------------
 @cli
 def train_main(argv):
+    from .config import TrainConfig
     from .model import VAEConfig
-    from .trainer import TrainConfig, finish, train
+    from .trainer import finish, train
     p = argparse.ArgumentParser(
         prog="train.py", description="Train a text VAE and save a self-contained run folder.")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last "
@@ -96,7 +79,8 @@ def train_main(argv):
         raise UserError(f"cannot resume: run folder not found: {args['resume']}")
     if args["preset"] and not tc.out:
         tc.out = f"runs/{Path(tc.corpus).stem}-{args['preset']}"  # keep baselines apart
-    out = train(tc, mc, resume=args["resume"])
+    given.pop("resume", None), given.pop("preset", None)
+    out = train(tc, mc, resume=args["resume"], given=given)
     finish(out)
     print(f"\nrun saved in {out}; write poems with: python generate.py --run {out}")
     return 0
@@ -109,7 +93,7 @@ COMMANDS = ("sample", "interpolate", "reconstruct", "encode", "complete", "evalu
 def _lines_arg(values, file):
     lines = list(values or [])
     if file:
-        from .io import read_lines
+        from .files import read_lines
         lines += read_lines(file)[0]
     if not lines:
         raise UserError("give lines as arguments or with --file")
@@ -118,9 +102,9 @@ def _lines_arg(values, file):
 
 @cli
 def generate_main(argv):
-    from .generate import (SampleConfig, complete, encode, interpolate, poems,
-                           reconstruct)
+    from .generate import complete, encode, interpolate, reconstruct
     from .run import load_run
+    from .trainer import resolve_device
     # The subcommand may come after global flags (`--run X interpolate A B`); with none,
     # the command is `sample`.
     argv = list(argv)
@@ -138,15 +122,26 @@ def generate_main(argv):
     def common(sp):
         sp.add_argument("--run", default=DEFAULT_RUN, help="run folder made by train.py")
         sp.add_argument("--format", choices=("text", "json"), default="text")
-        sp.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+        sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
         return sp
 
     def sampling(sp):
-        sp.add_argument("--seed", type=int, default=0, help="same seed, same output")
-        sp.add_argument("--temperature", type=float, default=1.0,
-                        help="scale of z and of the character softmax (> 0)")
-        sp.add_argument("--top-k", type=int, default=0,
+        d = SampleConfig()
+        sp.add_argument("--seed", type=int, default=d.seed,
+                        help="same seed, same output; another seed, independent output")
+        sp.add_argument("--temperature", type=float, default=d.temperature,
+                        help="softmax temperature of --top-k sampling (> 0)")
+        sp.add_argument("--top-k", type=int, default=d.top_k,
                         help="0: greedy per position; k: sample among the k most likely")
+        sp.add_argument("--noise", type=float, default=d.noise,
+                        help="how loosely the refiner reads z, 0 (exactly) to 1 (not at "
+                             f"all) (default: {d.noise})")
+        sp.add_argument("--keep", type=float, default=d.keep,
+                        help="draft characters at least this likely are kept as they are "
+                             f"(default: {d.keep})")
+        sp.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty,
+                        help="nats taken from a character where a neighbour has it "
+                             f"(default: {d.repeat_penalty})")
 
     s = common(sub.add_parser("sample", help="poems from z ~ N(0, I) (the default)"))
     sampling(s)
@@ -159,6 +154,7 @@ def generate_main(argv):
     s.add_argument("line_b")
     s.add_argument("--steps", type=int, default=8, help="points on the path, ends included")
     s.add_argument("--how", choices=("linear", "spherical", "both"), default="both")
+    sampling(s)
     s.add_argument("--allow-unk", action="store_true",
                    help="map characters outside the vocabulary to <unk> instead of failing")
     for name, what in (("reconstruct", "decode each line's posterior mean"),
@@ -176,22 +172,17 @@ def generate_main(argv):
     s.add_argument("--split", choices=("test", "valid", "train"), default="test")
     s.add_argument("--iw-samples", type=int, default=500, help="k of the IW-NLL (0 skips)")
     s.add_argument("--num-samples", type=int, default=1000, help="prior samples judged")
-    s.add_argument("--max-lines", type=int, default=0, help="evaluate the first N lines only")
+    s.add_argument("--max-lines", type=int, default=0, help="evaluate N random lines of the split (0: all)")
     args = p.parse_args(argv)
 
-    run = load_run(args.run, args.device)
+    run = load_run(args.run, resolve_device(args.device))
     out = {}
     if args.command == "sample":
-        if args.num < 1 or args.lines < 0:
-            raise UserError("--num must be at least 1 and --lines at least 0")
-        sc = SampleConfig(args.temperature, args.top_k, args.seed)
-        n_lines = args.lines or run.config["data"].get("lines_per_poem", 4)
-        out = poems(run, args.num, n_lines, sc, heads=args.acrostic)
-        text = "\n\n".join("\n".join(poem) for poem in out)
-    elif args.command == "interpolate":
+        return _sample(run, args)
+    if args.command == "interpolate":
         hows = ("linear", "spherical") if args.how == "both" else (args.how,)
-        out = {h: interpolate(run, args.line_a, args.line_b, args.steps, h, args.allow_unk)
-               for h in hows}
+        out = {h: interpolate(run, args.line_a, args.line_b, args.steps, h, args.allow_unk,
+                              _sample_config(args)) for h in hows}
         text = "\n".join(f"{i}  " + "  ".join(f"{out[h][i]}" for h in hows)
                          for i in range(args.steps))
         text = "   " + "  ".join(hows) + "\n" + text
@@ -207,9 +198,10 @@ def generate_main(argv):
                for s, m, v in zip(lines, mu, logvar)]
         args.format = "json"
     elif args.command == "complete":
-        sc = SampleConfig(args.temperature, args.top_k, args.seed)
-        out = [{"pattern": pat, "line": complete(run, pat, sc, args.candidates)[0]}
-               for pat in args.patterns]
+        sc = _sample_config(args)
+        out = [{"pattern": pat, "line": line}
+               for pat, line in zip(args.patterns, complete(run, args.patterns, sc,
+                                                            args.candidates))]
         text = "\n".join(f"{o['pattern']}\t{o['line']}" for o in out)
     else:
         return _evaluate(run, args)
@@ -221,10 +213,34 @@ def generate_main(argv):
     return 0
 
 
+def _sample_config(args):
+    return SampleConfig(args.temperature, args.top_k, args.seed, args.noise, args.keep,
+                        args.repeat_penalty)
+
+
+def _sample(run, args):
+    """Poems printed as they are written: any --num streams in constant memory."""
+    if args.num < 1 or args.lines < 0:
+        raise UserError("--num must be at least 1 and --lines at least 0")
+    if args.acrostic is not None and not args.acrostic.strip():
+        raise UserError("--acrostic needs at least one character")
+    n_lines = args.lines or run.config["data"].get("lines_per_poem", 4)
+    stream = poems(run, args.num, n_lines, _sample_config(args), heads=args.acrostic)
+    if args.format == "json":  # one JSON list of poems, written poem by poem
+        sys.stdout.write("[")
+        for i, poem in enumerate(stream):
+            sys.stdout.write(("," if i else "") + "\n  " + json.dumps(poem, ensure_ascii=False))
+        sys.stdout.write("\n]\n")
+        return 0
+    for i, poem in enumerate(stream):
+        sys.stdout.write(("\n" if i else "") + "\n".join(poem) + "\n")
+    return 0
+
+
 def _evaluate(run, args):
     from tqdm import tqdm
     from .evaluate import evaluate_split, format_table
-    from .io import write_json
+    from .files import write_json
     if args.iw_samples < 0 or args.num_samples < 0 or args.max_lines < 0:
         raise UserError("--iw-samples, --num-samples and --max-lines must be >= 0")
     bar = tqdm(desc=f"IW-NLL k={args.iw_samples}", unit="line", file=sys.stderr,

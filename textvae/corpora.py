@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .io import write_json
+from .files import write_json
 
 # ---------------------------------------------------------------------------------------
 # Where things go

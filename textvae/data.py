@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .corpora import DEFAULT_DATA_DIR, RECIPES, SPLITS, prepare, split_of
 from .errors import UserError
-from .io import read_lines
+from .files import read_lines
 
 LONGEST_DEFAULT = 64  # default cap on the model length when it is taken from the corpus
 
@@ -66,6 +66,13 @@ def load_corpus(spec, data_dir=DEFAULT_DATA_DIR, max_len=0, skip_bad_lines=False
         name, bad = spec, 0
     else:
         lines, bad = read_lines(spec, skip_bad_lines=skip_bad_lines)
+        nul = next((i for i, line in enumerate(lines, 1) if "\x00" in line), None)
+        if nul is not None:
+            raise UserError(f"corpus {spec} has a NUL character in non-blank line {nul}: "
+                            "is it a binary file? (a corpus is UTF-8 text, one line each)")
+        if len(set(lines)) < 2:
+            raise UserError(f"corpus {spec} has {len(set(lines))} distinct line; a VAE "
+                            "learns from many lines (thousands for readable samples)")
         splits = {s: [] for s in SPLITS}
         for line in dict.fromkeys(lines):  # drop duplicates, keep order
             splits[split_of(line)].append(line)

@@ -7,20 +7,23 @@ Likelihood (He et al. 2019; Burda et al. 2016):
 Latent use:
   MI = E_x E_q(z|x)[log q(z|x)] - E[log q(z)], q(z) the aggregate posterior over a batch;
   AU = number of dimensions with Var_x(E_q[z_d]) > 0.01.
-Reconstruction: character and exact-line accuracy, decoding from mu and from a sampled z.
-Samples from the prior: well-formed, novel, distinct-1/2, adjacent repeated characters,
-and fluency under a smoothed character bigram model fitted on the training split (and
-reverse fluency: a bigram model fitted on the samples, scoring real test lines).
-Interpolation: well-formed share of intermediate decodes and distinct lines per path.
+Reconstruction: character and exact-line accuracy, writing from mu and from a sampled z
+through the full decoding path (heads, then refiner at noise 0).
+Samples from the prior: well-formed, novel, unique, distinct-1/2 (beside as many real
+lines), adjacent repeated characters, and fluency under a Kneser-Ney character trigram
+fitted on the training split, in bits per character beside real test lines (judge.py);
+reverse fluency: the same judge fitted on the samples, scoring real test lines.
+Interpolation between random pairs of test lines: ends reconstructed, well-formed and
+distinct lines, characters changed per step, and the judge's fluency of the middle.
 """
 import math
 import random
-from collections import Counter
 
 import torch
 import torch.nn.functional as F
 
-from .generate import SampleConfig, banned_ids, pick, sample
+from .generate import SampleConfig, sample, write_lines
+from .judge import CharBigram, CharKN, adjacent_repeat_share, chars_changed, distinct_n
 from .model import gaussian_kl
 from .tokenizer import PAD
 
@@ -64,7 +67,7 @@ def iw_nll(model, idx, k=500, chunk=100, gen=None):
 
 
 @torch.no_grad()
-def mutual_info(mu, logvar, gen=None, chunk=256):
+def mutual_info(mu, logvar, gen=None, budget=2 ** 24):
     """He et al. 2019's I(x; z) = E[log q(z|x)] - E[log q(z)] over all N posteriors (N, D).
 
     One z_i ~ q(z|x_i) per line; log q(z_i) is the aggregate posterior (1/N) sum_j
@@ -74,6 +77,9 @@ def mutual_info(mu, logvar, gen=None, chunk=256):
     variance, and exactly 0 when every x has the same posterior.
     """
     N = mu.shape[0]
+    # Each chunk builds a (chunk, N, D) tensor: keep it near ``budget`` floats (64 MB),
+    # so evaluating the whole training split needs no more memory than the test split.
+    chunk = max(1, budget // (N * mu.shape[1]))
     z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen).to(mu.device)
     total = 0.0
     for i in range(0, N, chunk):
@@ -89,53 +95,36 @@ def active_units(mu, threshold=0.01):
 
 
 # ---------------------------------------------------------------------------------------
-# A reference character bigram model, add-k smoothed, with line start/end markers
-
-class CharBigram:
-    def __init__(self, lines, vocab, k=0.1):
-        self.k, self.V = k, len(vocab) + 1  # +1 for the end marker
-        self.pair, self.ctx = Counter(), Counter()
-        for line in lines:
-            chars = ["<s>", *line, "</s>"]
-            self.pair.update(zip(chars, chars[1:]))
-            self.ctx.update(chars[:-1])
-
-    def logprob_per_char(self, lines):
-        """Mean log-probability per predicted symbol (characters and the line end)."""
-        total, n = 0.0, 0
-        for line in lines:
-            chars = ["<s>", *line, "</s>"]
-            for a, b in zip(chars, chars[1:]):
-                total += math.log((self.pair[(a, b)] + self.k) / (self.ctx[a] + self.k * self.V))
-                n += 1
-        return total / max(n, 1)
-
-
-def distinct_n(lines, n):
-    grams = [tuple(s[i:i + n]) for s in lines for i in range(len(s) - n + 1)]
-    return len(set(grams)) / max(len(grams), 1)
-
-
-def adjacent_repeat_share(lines):
-    return sum(any(a == b for a, b in zip(s, s[1:])) for s in lines) / max(len(lines), 1)
-
-
-# ---------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=100,
-             batch_size=512, seed=0, progress=None):
-    """Every figure for ``lines`` (a split) of a loaded run; returns a flat dict."""
-    model, tok = run.model, run.tokenizer
-    model.eval()
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.from_numpy(tok.encode_batch(lines, run.max_len)).to(device)
-    real = idx != PAD
-    n_chars = int(real.sum())
-    banned = banned_ids(run)
-    greedy = SampleConfig()
+             batch_size=512, seed=0, progress=None, sc=None):
+    """Every figure for ``lines`` (a split) of a loaded run; returns a flat dict.
 
+    Likelihood figures are those of the VAE p(x|z) p(z) (the fan-out heads); every
+    line the evaluation reads (reconstructions, samples, interpolations) is written by
+    the full decoding path, refiner included, with SampleConfig ``sc``.
+    """
+    run.model.eval()
+    sc = sc or SampleConfig(seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    out = likelihood_and_reconstruction(run, lines, batch_size, gen, sc)
+    if iw_samples > 0:
+        out.update(iw_figures(run, lines, iw_samples, gen, progress))
+    judge = CharKN(train_lines, len(run.tokenizer.chars)) if n_samples or n_pairs else None
+    if n_samples > 0:
+        out.update(sample_figures(run, lines, train_lines, n_samples, seed, sc, judge))
+    if n_pairs > 0 and len(lines) >= 2:
+        out.update(interpolation_figures(run, lines, n_pairs, seed, sc, judge))
+    return out
+
+
+def likelihood_and_reconstruction(run, lines, batch_size, gen, sc):
+    """-ELBO terms, MI, AU, and reconstruction accuracy from mu and from a sampled z."""
+    model = run.model
+    device = next(model.parameters()).device
+    idx = torch.from_numpy(run.tokenizer.encode_batch(lines, run.max_len)).to(device)
+    n_chars = int((idx != PAD).sum())
     mus, logvars, rec, kl = [], [], 0.0, 0.0
     hits, exact = {"mu": 0, "z": 0}, {"mu": 0, "z": 0}
     for batch in _batches(idx, batch_size):
@@ -145,7 +134,7 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
         kl += float(gaussian_kl(mu, logvar).sum())
         mask = batch != PAD
         for kind, src in (("mu", mu), ("z", z)):
-            guess = pick(model.decode(src).cpu(), banned, greedy).to(device)
+            guess = write_lines(run, src, 0.0, SampleConfig(keep=sc.keep)).to(device)
             # Character accuracy over real characters; a line is exact when every
             # position matches, padding included (so its length is right too).
             hits[kind] += int(((guess == batch) & mask).sum())
@@ -154,70 +143,95 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
         logvars.append(logvar.float().cpu())
     N = len(lines)
     mu_all = torch.cat(mus)
-    out = {"lines": N, "chars": n_chars,
-           "rec": rec / N, "kl": kl / N, "elbo_nll": (rec + kl) / N,
-           "mi": mutual_info(mu_all, torch.cat(logvars), gen) if N > 1 else 0.0,
-           "mi_max": math.log(N),
-           "au": active_units(mu_all), "latent": model.cfg.latent,
-           "acc_mu": hits["mu"] / n_chars, "exact_mu": exact["mu"] / N,
-           "acc_z": hits["z"] / n_chars, "exact_z": exact["z"] / N}
-    out["elbo_nll_per_char"] = out["elbo_nll"] * N / n_chars
-
-    if iw_samples > 0:
-        total = 0.0
-        for i, batch in enumerate(_batches(idx, 64)):
-            total += float(iw_nll(model, batch, iw_samples, gen=gen).sum())
-            if progress:
-                progress(min((i + 1) * 64, N), N)
-        out["iw_samples"] = iw_samples
-        out["iw_nll"] = total / N
-        out["iw_nll_per_char"] = total / n_chars
-
-    if n_samples > 0:
-        samples = sample(run, n_samples, SampleConfig(seed=seed))
-        train_set = set(train_lines)
-        form = run.form
-        out["samples"] = n_samples
-        out["well_formed"] = sum(form.matches(s) and "□" not in s for s in samples) / n_samples
-        out["novel"] = sum(s not in train_set for s in samples) / n_samples
-        out["distinct_1"] = distinct_n(samples, 1)
-        out["distinct_2"] = distinct_n(samples, 2)
-        out["adjacent_repeat"] = adjacent_repeat_share(samples)
-        out["adjacent_repeat_real"] = adjacent_repeat_share(lines)
-        vocab = tok.chars
-        ref = CharBigram(train_lines, vocab)
-        out["fluency"] = ref.logprob_per_char(samples)
-        out["fluency_real"] = ref.logprob_per_char(lines)
-        rng = random.Random(seed)
-        same_size = rng.sample(train_lines, min(len(samples), len(train_lines)))
-        out["reverse_fluency"] = CharBigram(samples, vocab).logprob_per_char(lines)
-        out["reverse_fluency_real"] = CharBigram(same_size, vocab).logprob_per_char(lines)
-
-    if n_pairs > 0 and N >= 2:
-        from .generate import interpolate
-        rng = random.Random(seed)
-        formed = distinct = middles = 0
-        for _ in range(n_pairs):
-            a, b = rng.sample(lines, 2)
-            path = interpolate(run, a, b, steps=8, allow_unk=True)
-            formed += sum(run.form.matches(s) and "□" not in s for s in path[1:-1])
-            middles += len(path) - 2
-            distinct += len(set(path))
-        out["interp_well_formed"] = formed / middles
-        out["interp_distinct"] = distinct / n_pairs
-    return out
+    return {"lines": N, "chars": n_chars,
+            "rec": rec / N, "kl": kl / N, "elbo_nll": (rec + kl) / N,
+            "elbo_nll_per_char": (rec + kl) / n_chars,
+            "mi": mutual_info(mu_all, torch.cat(logvars), gen) if N > 1 else 0.0,
+            "mi_max": math.log(N),
+            "au": active_units(mu_all), "latent": model.cfg.latent,
+            "acc_mu": hits["mu"] / n_chars, "exact_mu": exact["mu"] / N,
+            "acc_z": hits["z"] / n_chars, "exact_z": exact["z"] / N}
 
 
-def evaluate_split(run, split="test", max_lines=0, **kw):
+def iw_figures(run, lines, k, gen, progress=None):
+    device = next(run.model.parameters()).device
+    idx = torch.from_numpy(run.tokenizer.encode_batch(lines, run.max_len)).to(device)
+    total, N = 0.0, len(lines)
+    for i, batch in enumerate(_batches(idx, 64)):
+        total += float(iw_nll(run.model, batch, k, gen=gen).sum())
+        if progress:
+            progress(min((i + 1) * 64, N), N)
+    n_chars = int((idx != PAD).sum())
+    return {"iw_samples": k, "iw_nll": total / N, "iw_nll_per_char": total / n_chars}
+
+
+def sample_figures(run, lines, train_lines, n, seed, sc, judge):
+    """Samples from the prior against as many real lines, under judges fitted elsewhere."""
+    return judge_samples(sample(run, n, sc), lines, train_lines, run.form,
+                         len(run.tokenizer.chars), seed, judge)
+
+
+def judge_samples(samples, lines, train_lines, form, vocab_size, seed=0, judge=None):
+    """Every sample figure for lines written by any system (the LM anchor too)."""
+    n, train_set = len(samples), set(train_lines)
+    judge = judge or CharKN(train_lines, vocab_size)
+    rng = random.Random(seed)
+    real = rng.sample(lines, min(n, len(lines)))
+    same_size = rng.sample(train_lines, min(n, len(train_lines)))
+    vocab = range(vocab_size)  # the bigram only needs the vocabulary's size
+    return {
+        "samples": n,
+        "well_formed": sum(form.matches(s) and "□" not in s for s in samples) / n,
+        "novel": sum(s not in train_set for s in samples) / n,
+        "unique": len(set(samples)) / n,
+        "distinct_1": distinct_n(samples, 1), "distinct_1_real": distinct_n(real, 1),
+        "distinct_2": distinct_n(samples, 2), "distinct_2_real": distinct_n(real, 2),
+        "adjacent_repeat": adjacent_repeat_share(samples),
+        "adjacent_repeat_real": adjacent_repeat_share(lines),
+        "kn_bits": judge.bits_per_char(samples), "kn_bits_real": judge.bits_per_char(lines),
+        "reverse_kn_bits": CharKN(samples, vocab_size).bits_per_char(lines),
+        "reverse_kn_bits_real": CharKN(same_size, vocab_size).bits_per_char(lines),
+        "fluency": CharBigram(train_lines, vocab).logprob_per_char(samples),
+        "fluency_real": CharBigram(train_lines, vocab).logprob_per_char(lines),
+        "sample_lines": samples[:16],
+    }
+
+
+def interpolation_figures(run, lines, n_pairs, seed, sc, judge, steps=8):
+    """Paths between random pairs of real lines: ends, fluency in between, smoothness."""
+    from .generate import interpolate
+    rng = random.Random(seed)
+    formed = distinct = middles = ends = changed = 0
+    inner = []
+    for _ in range(n_pairs):
+        a, b = rng.sample(lines, 2)
+        path = interpolate(run, a, b, steps=steps, allow_unk=True, sc=sc)
+        inner += path[1:-1]
+        formed += sum(run.form.matches(s) and "□" not in s for s in path[1:-1])
+        middles += len(path) - 2
+        distinct += len(set(path))
+        ends += (path[0] == a) + (path[-1] == b)
+        changed += sum(chars_changed(x, y) for x, y in zip(path, path[1:]))
+    return {"interp_well_formed": formed / middles, "interp_distinct": distinct / n_pairs,
+            "interp_ends": ends / (2 * n_pairs),
+            "interp_kn_bits": judge.bits_per_char(inner),
+            "interp_changed": changed / (n_pairs * (steps - 1))}
+
+
+def evaluate_split(run, split="test", max_lines=0, seed=0, **kw):
     """``evaluate`` on a split of the corpus the run was trained on (read with the run's
-    own settings). An empty split is an error; ``max_lines`` keeps the first N lines."""
+    own settings). An empty split is an error; ``max_lines`` evaluates a random sample of
+    that many lines (splits are stored sorted, so the first N would be a biased few)."""
     from .data import corpus_of_run
     from .errors import UserError
     corpus = corpus_of_run(run)
-    lines = corpus.splits[split][:max_lines or None]
+    lines = corpus.splits[split]
     if not lines:
         raise UserError(f"the {split} split of {corpus.name} is empty")
-    return {**evaluate(run, lines, corpus.train, **kw), "split": split, "corpus": corpus.name}
+    if 0 < max_lines < len(lines):
+        lines = random.Random(seed).sample(lines, max_lines)
+    return {**evaluate(run, lines, corpus.train, seed=seed, **kw), "split": split,
+            "corpus": corpus.name}
 
 
 ROWS = [  # (key, label, format)
@@ -235,16 +249,24 @@ ROWS = [  # (key, label, format)
     ("exact_z", "exact lines from sampled z", "{:.3f}"),
     ("well_formed", "samples well-formed", "{:.3f}"),
     ("novel", "samples novel (not in train)", "{:.3f}"),
-    ("distinct_1", "distinct-1", "{:.3f}"),
-    ("distinct_2", "distinct-2", "{:.3f}"),
+    ("unique", "samples unique", "{:.3f}"),
+    ("distinct_1", "distinct-1 (samples)", "{:.3f}"),
+    ("distinct_1_real", "distinct-1 (as many real lines)", "{:.3f}"),
+    ("distinct_2", "distinct-2 (samples)", "{:.3f}"),
+    ("distinct_2_real", "distinct-2 (as many real lines)", "{:.3f}"),
     ("adjacent_repeat", "adjacent repeat (samples)", "{:.3f}"),
     ("adjacent_repeat_real", "adjacent repeat (real test)", "{:.3f}"),
-    ("fluency", "fluency: bigram logp/char (samples)", "{:.3f}"),
-    ("fluency_real", "fluency: bigram logp/char (real test)", "{:.3f}"),
-    ("reverse_fluency", "reverse fluency (LM on samples)", "{:.3f}"),
-    ("reverse_fluency_real", "reverse fluency (LM on train)", "{:.3f}"),
+    ("kn_bits", "fluency: KN-3 bits/char (samples)", "{:.2f}"),
+    ("kn_bits_real", "fluency: KN-3 bits/char (real test)", "{:.2f}"),
+    ("reverse_kn_bits", "reverse KN-3 bits/char (on samples)", "{:.2f}"),
+    ("reverse_kn_bits_real", "reverse KN-3 bits/char (on train)", "{:.2f}"),
+    ("fluency", "fluency: bigram nats/char (samples)", "{:.3f}"),
+    ("fluency_real", "fluency: bigram nats/char (real)", "{:.3f}"),
+    ("interp_ends", "interpolation ends reconstructed", "{:.3f}"),
     ("interp_well_formed", "interpolation well-formed", "{:.3f}"),
     ("interp_distinct", "interpolation distinct lines/8", "{:.2f}"),
+    ("interp_changed", "interpolation chars changed/step", "{:.2f}"),
+    ("interp_kn_bits", "interpolation KN-3 bits/char", "{:.2f}"),
 ]
 
 

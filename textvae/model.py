@@ -3,11 +3,24 @@
     x --embed--> encoder (gated CNN or BiLSTM) --pool--> mu, logvar
     z = mu + sigma * eps                                 (reparameterisation)
     z --L fully connected heads--> (L, h) --gated conv--> per-position logits over V
+    draft + z --refiner (masked-character Transformer)--> characters that agree
 
-The decoder is non-autoregressive: every position is predicted from z alone, so what a
-line says must pass through the latent. The loss is the negative ELBO,
+The decoder p(x|z) is non-autoregressive: every position is predicted from z alone, so
+what a line says must pass through the latent. The loss is the negative ELBO,
     rec_loss + beta * KL(q(z|x) || N(0, I)),
 with beta annealed by the trainer and an optional per-dimension free-bits floor.
+
+Positions that are independent given z cannot agree with each other where z is vague,
+and z ~ N(0, I) mostly lands where it is: between the posteriors of real lines. So a
+small refiner, trained on the same batches, re-predicts the draft's unsure characters a
+few at a time (mask-predict), seeing z and the characters already chosen. It learns
+p(x_masked | x_visible, z_a, a) for a *noised* latent
+    z_a = sqrt(1 - a) z + sqrt(a) eps,   a ~ U(0, 1),
+told the noise level a. Since z_a is N(0, I)-distributed for every a whenever z is, a
+prior sample may be read at any level a: a = 0 trusts z fully (reconstruction), larger
+a lets the refiner lean on the characters around a position where z says little. The
+ELBO and IW-NLL are those of p(x|z) (the fan-out decoder); the refiner is how lines are
+written from it, not part of the likelihood.
 
 References
 - Kingma & Welling 2014, Auto-Encoding Variational Bayes (reparameterisation; the
@@ -16,6 +29,9 @@ References
 - Bowman et al. 2016, Generating Sentences from a Continuous Space (KL annealing).
 - Kingma et al. 2016, Improved Variational Inference with IAF (free bits).
 - Su Jianlin 2018, "CNN + VAE poetry robot" (GCNN encoder, dense fixed-length decoder).
+- Ghazvininejad et al. 2019, Mask-Predict (re-predict the least confident positions).
+- Shu et al. 2020, Latent-Variable Non-Autoregressive Neural Machine Translation.
+- Ho et al. 2020 / Rombach et al. 2022: noise-level-conditioned denoising of a latent.
 """
 from dataclasses import asdict, dataclass, fields
 
@@ -42,6 +58,9 @@ class VAEConfig:
     dec_hidden: int = 256    # width of each position's vector in the decoder
     dec_layers: int = 1      # residual GCNN blocks mixing positions before the softmax
     dropout: float = 0.1     # on embeddings and decoder features; 0 disables
+    refiner_layers: int = 2  # Transformer layers of the refiner; 0: decode with the heads only
+    refiner_dim: int = 256   # refiner width
+    refiner_heads: int = 4   # attention heads of the refiner
 
     def __post_init__(self):
         if self.encoder not in ("gcnn", "lstm"):
@@ -53,8 +72,16 @@ class VAEConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"model setting {name} must be at least 1, got "
                                 f"{getattr(self, name)}")
+        if self.kernel % 2 == 0:
+            # padding k//2 on both sides would make an even kernel's output one longer
+            raise UserError(f"--kernel must be odd (3, 5, ...), got {self.kernel}")
         if self.dec_layers < 0 or self.dec_trunk < 0 or not 0 <= self.dropout < 1:
             raise UserError("dec_layers and dec_trunk must be >= 0 and dropout in [0, 1)")
+        if self.refiner_layers < 0 or (self.refiner_layers and (
+                self.refiner_dim < 1 or self.refiner_heads < 1
+                or self.refiner_dim % self.refiner_heads)):
+            raise UserError("--refiner-layers must be >= 0 and --refiner-dim a multiple of "
+                            f"--refiner-heads (got {self.refiner_dim} and {self.refiner_heads})")
 
     def to_dict(self):
         return asdict(self)
@@ -164,13 +191,67 @@ class FanOutDecoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.dec_hidden, cfg.vocab_size)
 
-    def forward(self, z):
+    def features(self, z):
+        """z (B, D) -> each position's vector (B, L, H) before the shared softmax."""
         h = F.gelu(self.heads(self.trunk(z))).view(-1, self.L, self.H)  # (B, L, H)
         h = self.drop(h).transpose(1, 2)                     # (B, H, L)
         for block in self.blocks:
             h = block(h)
-        h = self.norm(h.transpose(1, 2))                     # (B, L, H)
-        return self.out(h)                                   # (B, L, V)
+        return self.norm(h.transpose(1, 2))                  # (B, L, H)
+
+    def forward(self, z):
+        return self.out(self.features(z))                    # (B, L, V)
+
+
+# ---------------------------------------------------------------------------------------
+# Refiner p(x_masked | x_visible, z_a, a): characters that agree with each other
+
+class Refiner(nn.Module):
+    """A small bidirectional Transformer over the line, conditioned on a noised z.
+
+    Input: a first token made from [z_a, a]; then at each position its character (or
+    MASK where it is to be re-predicted), its position, and the fan-out decoder's vector
+    for that position given z_a (the draft, before its softmax), so the refiner starts
+    from what the heads would write and learns where the characters around a position
+    should overrule it. Every input enters at the same small scale (std 0.02, as GPT-2
+    initialises embeddings): when a noisy z entered at nn.Linear's larger scale, it
+    drowned the characters and the refiner stayed at unigram loss for 600 steps.
+    Output: logits over the vocabulary at every position (only masked ones are used).
+    """
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        d = cfg.refiner_dim
+        self.mask_id = cfg.vocab_size                  # one id past the vocabulary
+        self.embed = nn.Embedding(cfg.vocab_size + 1, d)
+        self.pos = nn.Parameter(torch.randn(cfg.max_len, d) * 0.02)
+        nn.init.normal_(self.embed.weight, std=0.02)  # nn.Embedding's N(0, 1) drowns pos
+        self.cond = nn.Linear(cfg.latent + 1, d)
+        self.draft = nn.Linear(cfg.dec_hidden, d)
+        nn.init.normal_(self.draft.weight, std=0.02)
+        nn.init.zeros_(self.draft.bias)
+        layer = nn.TransformerEncoderLayer(d, cfg.refiner_heads, 4 * d, cfg.dropout,
+                                           activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, cfg.refiner_layers,
+                                            enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.out = nn.Linear(d, cfg.vocab_size)
+
+    def forward(self, idx, z, noise, draft, at=None):
+        """idx (B, L) with mask_id; z (B, D); noise (B,); draft (B, L, H), the decoder's
+        features of z -> logits (B, L, V), or (n, V) at the positions ``at`` (B, L)."""
+        c = self.cond(torch.cat([z, noise.unsqueeze(-1).to(z.dtype)], dim=-1))  # (B, d)
+        x = self.embed(idx) + self.pos + self.draft(draft)                      # (B, L, d)
+        h = torch.cat([c.unsqueeze(1), x], dim=1)                               # (B, 1+L, d)
+        h = self.norm(self.blocks(h))[:, 1:]                                     # (B, L, d)
+        return self.out(h if at is None else h[at])
+
+
+def noised(z, noise, eps):
+    """z_a = sqrt(1 - a) z + sqrt(a) eps: N(0, I) stays N(0, I) at every level a."""
+    a = noise.unsqueeze(-1)
+    return (1 - a).sqrt() * z + a.sqrt() * eps
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,6 +273,7 @@ class TextVAE(nn.Module):
         self.to_mu = nn.Linear(self.encoder.out_dim, cfg.latent)
         self.to_logvar = nn.Linear(self.encoder.out_dim, cfg.latent)
         self.decoder = FanOutDecoder(cfg)
+        self.refiner = Refiner(cfg) if cfg.refiner_layers else None
 
     def encode(self, idx):
         """idx (B, L) -> mu, logvar (B, D)."""
@@ -220,12 +302,42 @@ class TextVAE(nn.Module):
         <pad>, so a variable-length corpus learns where lines end).
         kl_loss: the true KL, reported; the optimised term floors each dimension's
         batch-mean KL at ``free_bits`` so no dimension is pushed all the way to the prior.
+        ref: the refiner's masked-character loss (nats per line), added to the loss.
         mu: the posterior means, for callers that also measure reconstruction.
         """
-        logits, mu, logvar = self(idx)
+        mu, logvar = self.encode(idx)
+        z = self.reparameterize(mu, logvar)
+        logits = self.decode(z)
         rec = F.cross_entropy(logits.float().flatten(0, 1), idx.flatten(),
                               reduction="sum") / idx.shape[0]
         kl_dim = gaussian_kl(mu.float(), logvar.float()).mean(0)     # (D,)
         kl = kl_dim.sum()
         kl_opt = kl_dim.clamp(min=free_bits).sum() if free_bits > 0 else kl
-        return {"loss": rec + beta * kl_opt, "rec": rec, "kl": kl, "mu": mu}
+        out = {"loss": rec + beta * kl_opt, "rec": rec, "kl": kl, "mu": mu}
+        if self.refiner is not None:
+            out["ref"] = self.refiner_loss(idx, z.detach())
+            out["loss"] = out["loss"] + out["ref"]
+        return out
+
+    def refiner_loss(self, idx, z):
+        """Masked-character cross-entropy of the refiner, summed over masked positions.
+
+        Each line gets its own noise level a ~ U(0, 1) and masking rate r ~ U(0, 1) (at
+        least one position masked), so the refiner learns every stage of decoding, from
+        a bare z to one missing character, and how far to trust z at each noise level.
+        z is detached: the refiner reads the latent, it does not shape it. Only the first
+        half of the batch is used: a masked-character loss needs fewer lines per step
+        than the ELBO, and this halves the refiner's share of the step time.
+        """
+        idx, z = idx[:max(1, len(idx) // 2)], z[:max(1, len(idx) // 2)]
+        B, L = idx.shape
+        noise = torch.rand(B, device=idx.device)
+        z_a = noised(z, noise, torch.randn_like(z))
+        rate = torch.rand(B, 1, device=idx.device)
+        masked = torch.rand(B, L, device=idx.device) < rate
+        masked[torch.arange(B), torch.randint(L, (B,), device=idx.device)] = True
+        with torch.no_grad():
+            draft = self.decoder.features(z_a)
+        logits = self.refiner(idx.masked_fill(masked, self.refiner.mask_id), z_a, noise,
+                              draft, at=masked)                            # (n_masked, V)
+        return F.cross_entropy(logits.float(), idx[masked], reduction="sum") / B

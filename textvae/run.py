@@ -23,7 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .errors import UserError
-from .io import atomic_write_bytes, read_json, write_json
+from .files import atomic_write_bytes, read_json, write_json
 from .model import TextVAE, VAEConfig
 from .tokenizer import CharTokenizer
 
@@ -49,8 +49,39 @@ class Run:
         return self.model.cfg.max_len
 
 
-def save_config(run_dir, config):
-    write_json(Path(run_dir) / CONFIG, config)
+def open_run_folder(out):
+    """Create a new, empty run folder, or say in one line why it cannot be one."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise UserError(f"cannot make run folder {out}: {p} is a file, not a folder")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"run folder {out} already exists; continue it with --resume {out}, "
+                        "or pick another with --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make run folder {out}: {e.strerror}") from None
+
+
+def save_run(out, tc, mc, tok, corpus):
+    """The files a run needs before its first step; ``load_run`` reads them back."""
+    from dataclasses import asdict
+    tok.save(Path(out) / TOKENIZER)
+    write_json(Path(out) / CONFIG, {
+        "model": mc.to_dict(), "train": asdict(tc),
+        "data": {"corpus": corpus.name, "max_len": corpus.max_len,
+                 "counts": {s: len(v) for s, v in corpus.splits.items()},
+                 "skipped": corpus.skipped, "form": corpus.form().to_dict(),
+                 "lines_per_poem": 1 if corpus.name.startswith("quatrain") else 4}})
+
+
+def read_saved_config(run_dir):
+    config = read_json(Path(run_dir) / CONFIG)
+    for section in ("model", "train", "data"):
+        if section not in config:
+            raise UserError(f"{Path(run_dir) / CONFIG} lacks its {section!r} section")
+    return config
 
 
 def save_weights(run_dir, model):
@@ -94,9 +125,7 @@ def load_run(run_dir, device="cpu"):
         raise UserError(f"run folder not found: {run_dir} (train one with: python train.py)")
     if not run_dir.is_dir():
         raise UserError(f"not a run folder: {run_dir}")
-    config = read_json(run_dir / CONFIG)
-    if "model" not in config or "data" not in config:
-        raise UserError(f"{run_dir / CONFIG} lacks the 'model' or 'data' section")
+    config = read_saved_config(run_dir)
     cfg = VAEConfig.from_dict(config["model"])
     tok = CharTokenizer.load(run_dir / TOKENIZER)
     state = read_weights(run_dir / WEIGHTS)
@@ -122,6 +151,19 @@ def save_checkpoint(run_dir, state, keep=2):
     for old in sorted(folder.glob("step-*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def has_checkpoint(run_dir):
+    return any((Path(run_dir) / CKPT_DIR).glob("step-*.pt"))
+
+
+def clean_temp_files(run_dir):
+    """Remove the temporary files of writes a SIGKILL cut short; returns how many."""
+    found = [p for folder in (Path(run_dir), Path(run_dir) / CKPT_DIR)
+             for p in folder.glob(".*.tmp") if p.is_file()]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return len(found)
 
 
 def load_checkpoint(run_dir):

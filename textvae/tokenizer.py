@@ -62,7 +62,7 @@ class CharTokenizer:
         )
 
     def save(self, path):
-        from .io import atomic_write_bytes
+        from .files import atomic_write_bytes
         atomic_write_bytes(path, self.proto)
 
     @classmethod

@@ -1,81 +1,46 @@
 """Training: data in, run folder out; resumable from any checkpoint.
 
-The loop knows the model only through ``model.loss(idx, beta, free_bits)``. Everything
-that decides the course of a run is saved in each checkpoint (weights, optimizer, step,
-epoch and batch position in the shuffled order, RNG state), so ``--resume`` continues
-exactly where the run stopped: on the CPU with a fixed seed, a resumed run has the same
-losses as one that never stopped. SIGINT / SIGTERM save a checkpoint and exit with 130.
+    train(tc, mc)  ->  open (or reopen) the run folder  ->  Trainer(...).run()
+
+The loop knows the model only through ``model.loss(idx, beta, free_bits)`` and the
+schedules (learning rate, KL weight). Everything that decides the course of a run is
+saved in each checkpoint (weights, optimizer, step, epoch and batch position in the
+shuffled order, RNG state, training time so far), so ``--resume`` continues exactly
+where the run stopped: on the CPU with a fixed seed, a resumed run has the same losses
+as one that never stopped. SIGINT / SIGTERM save a checkpoint and exit with 130.
 """
 import json
 import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from .anneal import KLSchedule
+from .config import TrainConfig, flag
 from .data import load_corpus
 from .errors import UserError
 from .evaluate import active_units
-from .io import atomic_write_text
+from .files import atomic_write_text
+from .generate import SampleConfig, banned_for, write_ids
 from .model import TextVAE, VAEConfig
-from .run import (CKPT_DIR, CONFIG, METRICS, SUMMARY, TOKENIZER, append_metrics,
-                  load_checkpoint, read_json, read_metrics, save_checkpoint, save_config,
-                  save_weights)
+from .run import (CKPT_DIR, METRICS, SUMMARY, append_metrics, clean_temp_files,
+                  has_checkpoint, load_checkpoint, open_run_folder, read_metrics,
+                  read_saved_config, save_checkpoint, save_run, save_weights)
 from .tokenizer import PAD, CharTokenizer
 
 INTERRUPTED = 130
+# Settings a resumed run may change: where and how it runs, and how long. The rest
+# (model, data, optimiser) would make the resumed run a different experiment.
+RESUMABLE = {"device", "amp", "eval_every", "ckpt_every", "keep_ckpts", "skip_nonfinite",
+             "iw_samples", "data_dir", "epochs", "min_steps", "max_steps"}
 
 
-@dataclass
-class TrainConfig:
-    corpus: str = "tang5"         # a recipe name (corpora/) or the path of a UTF-8 file
-    data_dir: str = "data"        # where recipes write prepared corpora
-    out: str = ""                 # run folder; default runs/<corpus name>
-    vocab_size: int = 4000        # characters kept (+4 specials); rarer ones become <unk>
-    max_len: int = 0              # 0: the longest training line (at most 64)
-    epochs: float = 6.0           # passes over the training split (~10 min on 2 CPU cores)
-    batch_size: int = 256
-    lr: float = 2e-3              # Adam; cosine-decayed to lr/10 over the run
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0        # max global grad norm; 0 disables
-    kl_schedule: str = "cyclical"
-    beta_max: float = 0.5         # < 1 trades ~1 nat of IW-NLL for 3x the reconstruction
-                                  # accuracy; at 1 this decoder keeps only ~6 nats in z
-    kl_warmup: int = 2000         # linear / sigmoid ramp length (steps)
-    kl_cycles: int = 2            # cyclical: cycles over the run
-    kl_ratio: float = 0.5         # cyclical: share of a cycle spent ramping
-    free_bits: float = 0.1        # per-dimension KL floor (nats); keeps every dimension in use
-    eval_every: int = 500         # steps between validation records in metrics.jsonl
-    ckpt_every: int = 500         # steps between checkpoints
-    keep_ckpts: int = 2           # checkpoints kept on disk
-    iw_samples: int = 100         # k for the final test IW-NLL (0 skips it)
-    seed: int = 0
-    device: str = "auto"          # auto: cuda, then mps, then cpu
-    amp: str = "auto"             # bf16 autocast: auto = on for CUDA and for CPUs with
-                                  # native bf16 matmul (2x faster here), "off" = fp32
-    skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping
-    skip_bad_lines: bool = False  # drop corpus lines that are not UTF-8 instead of failing
-
-    def __post_init__(self):
-        positive = ("vocab_size", "batch_size", "eval_every", "ckpt_every", "keep_ckpts")
-        for name in positive:
-            if getattr(self, name) < 1:
-                flag = "--" + name.replace("_", "-")
-                raise UserError(f"{flag} must be at least 1, got {getattr(self, name)}")
-        if not self.epochs > 0:
-            raise UserError(f"--epochs must be > 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be > 0, got {self.lr}")
-        if self.free_bits < 0 or self.iw_samples < 0 or self.max_len < 0:
-            raise UserError("--free-bits, --iw-samples and --max-len must be >= 0")
-
-
-def pick_device(name):
+def resolve_device(name):
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -85,9 +50,14 @@ def pick_device(name):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown --device {name!r} (auto, cpu, cuda, mps)") from None
+        raise UserError(f"unknown --device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA GPU")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                     and torch.backends.mps.is_available()):
+        raise UserError("--device mps asked for, but torch sees no Apple GPU")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported --device {name!r} (auto, cpu, cuda, cuda:N, mps)")
     return device
 
 
@@ -99,10 +69,18 @@ def use_amp(amp, device):
         return amp == "bf16"
     if device.type == "cuda":
         return True
-    # CPUs with AVX-512 BF16 / AMX run bf16 matrix products at about twice fp32 speed;
-    # elsewhere bf16 is emulated and slower, so stay in fp32.
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and \
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    # Only CPUs with AMX tiles run bf16 matrix products faster than fp32 (2x on the
+    # first wave's machine); with AVX-512 BF16 alone they ran at 99 against 153 GFLOP/s
+    # fp32 on ours, and without either bf16 is emulated.
+    return device.type == "cpu" and _cpu_has("amx_bf16")
+
+
+def _cpu_has(flag_name):
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and flag_name in line.split() for line in f)
+    except OSError:
+        return False
 
 
 class StopRequested:
@@ -130,198 +108,261 @@ def lr_at(step, total, base):
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0))))
 
 
+def epoch_order(n, seed, epoch):
+    """The shuffled order of epoch ``epoch``. Seeded by the pair (seed, epoch), so seed s
+    is not seed s + 1 shifted by an epoch, as ``seed + epoch`` would make it."""
+    key = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    return torch.randperm(n, generator=torch.Generator().manual_seed(key))
+
+
 @torch.no_grad()
-def validate(model, idx, beta, batch_size=1024):
+def validate(model, idx, beta, banned, min_len, batch_size=1024):
+    """Validation -ELBO terms and accuracy from mu through the full decoding path (the
+    same figure as ``evaluate``'s acc_mu)."""
     model.eval()
-    rec = kl = hits = 0.0
+    rec = kl = ref = hits = 0.0
     mus = []
     for i in range(0, len(idx), batch_size):
         batch = idx[i:i + batch_size]
         terms = model.loss(batch, beta)
         rec += terms["rec"].item() * len(batch)
         kl += terms["kl"].item() * len(batch)
-        guess = model.decode(terms["mu"]).argmax(-1)
+        ref += terms["ref"].item() * len(batch) if "ref" in terms else 0.0
+        guess = write_ids(model, banned, min_len, terms["mu"], 0.0, SampleConfig()).to(batch.device)
         hits += float(((guess == batch) & (batch != PAD)).sum())
         mus.append(terms["mu"].float())
     model.train()
-    mu = torch.cat(mus)
     n = len(idx)
-    return {"rec": rec / n, "kl": kl / n, "nelbo": (rec + kl) / n,
-            "acc_mu": hits / float((idx != PAD).sum()),
-            "au": active_units(mu)}
+    return {"rec": rec / n, "kl": kl / n, "nelbo": (rec + kl) / n, "ref": ref / n,
+            "acc_mu": hits / float((idx != PAD).sum()), "au": active_units(torch.cat(mus))}
 
 
-def train(tc: TrainConfig, mc: VAEConfig, resume=None, log=print):
-    """Train (or resume) a run; returns the run folder. See the module docstring."""
-    if resume:
-        out = Path(resume)
-        saved = read_json(out / CONFIG)
-        tc = TrainConfig(**{**saved["train"], **_overrides(tc)})
-        mc = VAEConfig.from_dict(saved["model"])
-    torch.manual_seed(tc.seed)
-    device = pick_device(tc.device)
+# ---------------------------------------------------------------------------------------
+# Opening the run folder: a new run, or a resumed one with its saved settings
+
+def start_run(tc: TrainConfig, mc: VAEConfig, log=print):
+    """A new run: corpus, tokenizer fitted on its training split, run folder written."""
     # Absolute paths in config.json, so --resume and evaluate work from any directory.
     if Path(tc.corpus).exists():
         tc.corpus = str(Path(tc.corpus).resolve())
     tc.data_dir = str(Path(tc.data_dir).resolve())
     corpus = load_corpus(tc.corpus, tc.data_dir, tc.max_len, tc.skip_bad_lines)
-    out = Path(tc.out or Path("runs") / corpus.name) if not resume else Path(resume)
+    out = Path(tc.out or Path("runs") / corpus.name)
+    open_run_folder(out)
+    tok = CharTokenizer.train(corpus.train, tc.vocab_size)
+    mc.vocab_size, mc.max_len = tok.vocab_size, corpus.max_len
+    mc.__post_init__()
+    save_run(out, tc, mc, tok, corpus)
+    return out, tc, mc, tok, corpus
 
+
+def reopen_run(folder, given, log=print):
+    """A run to resume: its saved settings, with the flags in ``given`` that may change
+    applied (RESUMABLE) and any other flag that differs refused in one line."""
+    out = Path(folder)
+    saved = read_saved_config(out)
+    for name, value in given.items():
+        before = saved["train"].get(name, saved["model"].get(name, value))
+        if name not in RESUMABLE and value != before and not _same_path(value, before):
+            raise UserError(f"{flag(name)} cannot change when resuming (the run was trained "
+                            f"with {before!r}); start a new run with --out instead")
+    tc = TrainConfig(**{**saved["train"], **{k: v for k, v in given.items()
+                                              if k in RESUMABLE}})
+    mc = VAEConfig.from_dict(saved["model"])
+    corpus = load_corpus(tc.corpus, tc.data_dir, mc.max_len, tc.skip_bad_lines)
+    removed = clean_temp_files(out)
+    if removed:
+        log(f"removed {removed} temporary file(s) left by an interrupted write")
+    return out, tc, mc, CharTokenizer.load(out / "tokenizer.model"), corpus
+
+
+def _same_path(a, b):
+    return isinstance(a, str) and isinstance(b, str) and Path(a).exists() and \
+        Path(a).resolve() == Path(b).resolve()
+
+
+def train(tc: TrainConfig, mc: VAEConfig, resume=None, given=None, log=print):
+    """Train a new run, or resume the run folder ``resume``; returns the folder.
+
+    ``given``: the settings the user typed (flag name -> value), checked on resume.
+    """
+    # Flush denormal floats to zero. Late in a run tiny weights and Adam moments make
+    # denormals, which the CPU handles ~100x slower: steps went from 0.22 to 0.30 s.
+    # Set before torch starts its worker threads, which inherit the setting.
+    torch.set_flush_denormal(True)
+    torch.manual_seed(tc.seed)
     if resume:
-        tok = CharTokenizer.load(out / TOKENIZER)
-        config = saved
-        state, ckpt_path = load_checkpoint(out)
-        log(f"resuming {out} from {ckpt_path.name} (step {state['step']})")
+        out, tc, mc, tok, corpus = reopen_run(resume, given or {}, log)
     else:
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"run folder {out} already exists; continue it with "
-                            f"--resume {out}, or pick another with --out")
-        tok = CharTokenizer.train(corpus.train, tc.vocab_size)
-        mc.vocab_size, mc.max_len = tok.vocab_size, corpus.max_len
-        mc.__post_init__()
-        out.mkdir(parents=True, exist_ok=True)
-        tok.save(out / TOKENIZER)
-        config = {"model": mc.to_dict(), "train": asdict(tc),
-                  "data": {"corpus": corpus.name, "max_len": corpus.max_len,
-                           "counts": {s: len(v) for s, v in corpus.splits.items()},
-                           "skipped": corpus.skipped, "form": corpus.form().to_dict(),
-                           "lines_per_poem": 1 if corpus.name.startswith("quatrain") else 4}}
-        save_config(out, config)
-        state = None
+        out, tc, mc, tok, corpus = start_run(tc, mc, log)
     for why, count in corpus.skipped.items():
         if count:
             log(f"skipped {count} lines of {corpus.name} ({why.replace('_', ' ')}; "
                 f"the model length is {corpus.max_len})")
-
-    train_idx = torch.from_numpy(tok.encode_batch(corpus.train, corpus.max_len))
-    valid_lines = corpus.splits["valid"] or corpus.train[:1000]
-    valid_idx = torch.from_numpy(tok.encode_batch(valid_lines, corpus.max_len)).to(device)
-    n = len(train_idx)
-    per_epoch = math.ceil(n / tc.batch_size)
-    total = max(1, math.ceil(tc.epochs * per_epoch))
-    schedule = KLSchedule(tc.kl_schedule, tc.beta_max, total, tc.kl_warmup, tc.kl_cycles,
-                          tc.kl_ratio)
-
-    model = TextVAE(mc).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    step, epoch, batch_pos = 0, 0, 0
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optim"])
-            step, epoch, batch_pos = state["step"], state["epoch"], state["batch_pos"]
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise UserError(f"{ckpt_path} does not fit {out / CONFIG} "
-                            f"({str(e).strip().splitlines()[-1][:160]})") from None
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        # Records written after that checkpoint belong to a course the resumed run
-        # replays; drop them so metrics.jsonl has each step once.
-        kept = [r for r in read_metrics(out) if r.get("step", 0) <= step]
-        atomic_write_text(out / METRICS, "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                                 for r in kept))
-
-    def checkpoint():
-        save_weights(out, model)
-        ckpt = {"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
-                "epoch": epoch, "batch_pos": batch_pos, "rng": torch.get_rng_state()}
-        if device.type == "cuda":
-            ckpt["cuda_rng"] = torch.cuda.get_rng_state()
-        return save_checkpoint(out, ckpt, tc.keep_ckpts)
-
-    use_bf16 = use_amp(tc.amp, device)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"corpus {corpus.name}: {n} train lines, length {corpus.max_len}, "
-        f"vocab {tok.vocab_size}; model {n_params / 1e6:.2f}M params on {device}; "
-        f"{total} steps ({tc.epochs:g} epochs of {per_epoch})")
-    model.train()
-    bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               mininterval=1.0, file=sys.stderr)
-    t0, seen0, lines_per_s = time.time(), 0, 0.0
-    with StopRequested() as stop:
-        while step < total:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed + epoch))
-            while batch_pos < per_epoch and step < total:
-                batch = train_idx[order[batch_pos * tc.batch_size:
-                                        (batch_pos + 1) * tc.batch_size]].to(device)
-                beta = schedule(step)
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total, tc.lr)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    terms = model.loss(batch, beta, tc.free_bits)
-                if not torch.isfinite(terms["loss"]):
-                    if not tc.skip_nonfinite:
-                        bar.close()
-                        raise UserError(f"loss is {terms['loss'].item()} at step {step}; "
-                                        f"stopped, last good checkpoint kept in {out / CKPT_DIR}"
-                                        " (--skip-nonfinite skips such steps)")
-                    opt.zero_grad(set_to_none=True)
-                else:
-                    opt.zero_grad(set_to_none=True)
-                    terms["loss"].backward()
-                    if tc.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                    opt.step()
-                step, batch_pos = step + 1, batch_pos + 1
-                seen0 += len(batch)
-                bar.update(1)
-                if step % 20 == 0:
-                    lines_per_s = seen0 / (time.time() - t0)
-                    bar.set_postfix(loss=f"{terms['loss'].item():.2f}",
-                                    rec=f"{terms['rec'].item():.2f}",
-                                    kl=f"{terms['kl'].item():.2f}", beta=f"{beta:.2f}",
-                                    lines_s=f"{lines_per_s:.0f}", refresh=False)
-                if step % tc.eval_every == 0 or step == total:
-                    rec = {"step": step, "epoch": epoch, "beta": beta,
-                           "lines_per_s": round(lines_per_s, 1),
-                           "elapsed_s": round(time.time() - t0, 1),
-                           **{f"valid_{k}": v for k, v in validate(model, valid_idx, beta).items()}}
-                    append_metrics(out, rec)
-                if step % tc.ckpt_every == 0 or step == total:
-                    checkpoint()
-                if stop.signal is not None:
-                    bar.close()
-                    path = checkpoint()
-                    name = signal.Signals(stop.signal).name
-                    print(f"{name}: saved {path} at step {step}; continue with: "
-                          f"python train.py --resume {out}", file=sys.stderr)
-                    sys.exit(INTERRUPTED)
-            if batch_pos >= per_epoch:
-                epoch, batch_pos = epoch + 1, 0
-    bar.close()
-    log(f"trained {step} steps in {time.time() - t0:.0f} s; weights in {out}")
+    trainer = Trainer(tc, TextVAE(mc), tok, corpus, out, log)
+    if resume:
+        trainer.restore()
+    trainer.run()
     return out
 
 
-def _overrides(tc):
-    """Flags given on the command line for a resumed run (only those differing from defaults)."""
-    defaults = TrainConfig()
-    allowed = {"device", "eval_every", "ckpt_every", "keep_ckpts", "skip_nonfinite",
-               "iw_samples", "data_dir"}
-    return {f.name: getattr(tc, f.name) for f in fields(tc)
-            if f.name in allowed and getattr(tc, f.name) != getattr(defaults, f.name)}
+# ---------------------------------------------------------------------------------------
+# The loop
+
+class Trainer:
+    """One run's model, optimiser, data and schedules, and the loop over them."""
+
+    def __init__(self, tc, model, tok, corpus, out, log=print):
+        self.tc, self.out, self.log = tc, Path(out), log
+        self.device = resolve_device(tc.device)
+        self.model = model.to(self.device)
+        self.opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.bf16 = use_amp(tc.amp, self.device)
+        self.data = torch.from_numpy(tok.encode_batch(corpus.train, corpus.max_len))
+        valid = corpus.splits["valid"] or corpus.train[:1000]
+        self.valid = torch.from_numpy(tok.encode_batch(valid, corpus.max_len)).to(self.device)
+        lengths = corpus.form().lengths
+        self.banned, self.min_len = banned_for(lengths, corpus.max_len), min(lengths)
+        self.per_epoch = math.ceil(len(self.data) / tc.batch_size)
+        self.total = tc.total_steps(self.per_epoch)
+        self.beta = KLSchedule(tc.kl_schedule, tc.beta_max, self.total, tc.kl_warmup,
+                               tc.kl_cycles, tc.kl_ratio)
+        self.step = self.epoch = self.batch_pos = 0
+        self.elapsed = 0.0  # training seconds before this process (resumed runs)
+        self.corpus_line = (f"corpus {corpus.name}: {len(self.data)} train lines, length "
+                            f"{corpus.max_len}, vocab {tok.vocab_size}")
+
+    def restore(self):
+        """Continue from the newest checkpoint; a run killed before its first checkpoint
+        starts again from step 0 with its saved settings."""
+        if not has_checkpoint(self.out):
+            self.log(f"{self.out} has no checkpoint yet; starting it from step 0")
+            atomic_write_text(self.out / METRICS, "")
+            return
+        state, path = load_checkpoint(self.out)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optim"])
+            self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"{path} does not fit {self.out / 'config.json'} "
+                            f"({str(e).strip().splitlines()[-1][:160]})") from None
+        self.elapsed = float(state.get("elapsed_s", 0.0))
+        torch.set_rng_state(state["rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        # Records written after that checkpoint belong to a course the resumed run
+        # replays; drop them so metrics.jsonl has each step once.
+        kept = [r for r in read_metrics(self.out) if r.get("step", 0) <= self.step]
+        atomic_write_text(self.out / METRICS, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                      for r in kept))
+        self.log(f"resuming {self.out} from {path.name} (step {self.step})")
+
+    def checkpoint(self):
+        save_weights(self.out, self.model)
+        state = {"model": self.model.state_dict(), "optim": self.opt.state_dict(),
+                 "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
+                 "rng": torch.get_rng_state(), "elapsed_s": self.seconds()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        return save_checkpoint(self.out, state, self.tc.keep_ckpts)
+
+    def seconds(self):
+        """Training seconds so far, across every resume."""
+        return self.elapsed + time.time() - self.t0
+
+    def train_step(self, batch):
+        """One optimiser step; returns the loss terms (None if a non-finite step was skipped)."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step, self.total, self.tc.lr)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            terms = self.model.loss(batch, self.beta(self.step), self.tc.free_bits)
+        self.opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(terms["loss"]):
+            if self.tc.skip_nonfinite:
+                return None
+            raise UserError(f"loss is {terms['loss'].item()} at step {self.step}; stopped, "
+                            f"last good checkpoint kept in {self.out / CKPT_DIR} "
+                            "(--skip-nonfinite skips such steps)")
+        terms["loss"].backward()
+        if self.tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        self.opt.step()
+        return terms
+
+    def run(self):
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"{self.corpus_line}; model {n_params / 1e6:.2f}M params on {self.device}; "
+                 f"{self.total} steps ({self.total / self.per_epoch:.3g} epochs of "
+                 f"{self.per_epoch})")
+        self.model.train()
+        bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step",
+                   dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+        self.t0, seen = time.time(), 0
+        with StopRequested() as stop:
+            try:
+                while self.step < self.total:
+                    order = epoch_order(len(self.data), self.tc.seed, self.epoch)
+                    while self.batch_pos < self.per_epoch and self.step < self.total:
+                        b = self.batch_pos * self.tc.batch_size
+                        batch = self.data[order[b:b + self.tc.batch_size]].to(self.device)
+                        terms = self.train_step(batch)
+                        self.step, self.batch_pos, seen = self.step + 1, self.batch_pos + 1, \
+                            seen + len(batch)
+                        bar.update(1)
+                        self.after_step(terms, bar, seen / (time.time() - self.t0), stop)
+                    if self.batch_pos >= self.per_epoch:
+                        self.epoch, self.batch_pos = self.epoch + 1, 0
+            finally:
+                bar.close()
+        self.log(f"trained {self.step} steps in {self.seconds():.0f} s; weights in {self.out}")
+
+    def after_step(self, terms, bar, lines_per_s, stop):
+        """Progress bar, validation record, checkpoint, and a requested stop."""
+        if self.step % 20 == 0 and terms is not None:
+            bar.set_postfix(loss=f"{terms['loss'].item():.2f}", rec=f"{terms['rec'].item():.2f}",
+                            kl=f"{terms['kl'].item():.2f}",
+                            ref=f"{terms['ref'].item():.2f}" if "ref" in terms else "-",
+                            beta=f"{self.beta(self.step):.2f}", lines_s=f"{lines_per_s:.0f}",
+                            refresh=False)
+        last = self.step == self.total
+        if self.step % self.tc.eval_every == 0 or last:
+            record = validate(self.model, self.valid, self.beta(self.step), self.banned,
+                              self.min_len)
+            append_metrics(self.out, {"step": self.step, "epoch": self.epoch,
+                                      "beta": self.beta(self.step),
+                                      "lines_per_s": round(lines_per_s, 1),
+                                      "elapsed_s": round(self.seconds(), 1),
+                                      **{f"valid_{k}": v for k, v in record.items()}})
+        if self.step % self.tc.ckpt_every == 0 or last:
+            self.checkpoint()
+        if stop.signal is not None:
+            path = self.checkpoint()
+            print(f"\n{signal.Signals(stop.signal).name}: saved {path} at step {self.step}; "
+                  f"continue with: python train.py --resume {self.out}", file=sys.stderr)
+            sys.exit(INTERRUPTED)
 
 
 def finish(out, log=print):
     """Evaluate a finished run on its test split and write summary.json.
 
-    A corpus too small to have test lines (a file of a few dozen lines: 1% goes to test)
-    is evaluated on its validation split, or else on its training split.
+    Runs on the device the run trained on. A corpus too small to have test lines (a
+    file of a few dozen lines: 1% goes to test) is evaluated on its validation split, or
+    else on 1,000 random lines of its training split.
     """
     from .evaluate import evaluate_split, format_table
-    from .io import write_json
+    from .files import write_json
     from .run import load_run
-    run = load_run(out)
-    counts = run.config["data"]["counts"]
+    config = read_saved_config(out)
+    run = load_run(out, resolve_device(config["train"].get("device", "auto")))
+    counts = config["data"]["counts"]
     split = next((s for s in ("test", "valid") if counts.get(s)), "train")
     t0 = time.time()
     res = evaluate_split(run, split, max_lines=0 if split != "train" else 1000,
-                         iw_samples=run.config["train"]["iw_samples"])
+                         iw_samples=config["train"]["iw_samples"])
     res["eval_s"] = round(time.time() - t0, 1)
     hist = read_metrics(out)
-    summary = {**res,
-               "steps": hist[-1]["step"] if hist else None,
+    summary = {**res, "steps": hist[-1]["step"] if hist else None,
                "train_s": hist[-1]["elapsed_s"] if hist else None}
     write_json(Path(out) / SUMMARY, summary)
     log(format_table(res))

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textvae.errors import UserError
-from textvae.io import read_lines
+from textvae.files import read_lines
 
 
 def read(raw, **kw):

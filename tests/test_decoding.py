@@ -1,0 +1,84 @@
+"""The decoding path (heads' draft, then refinement) and the sampling seeds."""
+import copy
+
+import torch
+
+from textvae import generate
+from textvae.generate import SampleConfig, complete, poems, write_lines
+from textvae.tokenizer import BOS, EOS, PAD
+from textvae.trainer import epoch_order
+
+from .conftest import POEM_LINES
+
+
+def favouring(run, token, by=50.0):
+    """A copy of ``run`` whose heads and refiner both strongly prefer ``token``."""
+    run = copy.copy(run)
+    run.model = copy.deepcopy(run.model)
+    with torch.no_grad():
+        run.model.decoder.out.bias[token] += by
+        run.model.refiner.out.bias[token] += by
+    return run
+
+
+def test_start_and_end_markers_are_never_written(overfit_run):
+    for token in (BOS, EOS):
+        run = favouring(overfit_run, token)
+        ids = write_lines(run, torch.randn(16, 8), 0.5)
+        assert not (ids == token).any()
+        assert all(len(s) == 5 for s in generate.texts(run, ids))
+
+
+def test_a_completion_never_ends_before_a_given_character(overfit_run):
+    # On a corpus of several lengths <pad> may end a line, but not before the last
+    # character the user gave: that would drop it silently.
+    run = favouring(overfit_run, PAD)
+    run.config = copy.deepcopy(run.config)
+    run.config["data"]["form"] = {"lengths": [3, 4, 5], "fixed": {}}
+    line = complete(run, "_日依山尽")[0]
+    assert len(line) == 5 and line[1:] == "日依山尽"
+    assert complete(run, "白日_")[0][:2] == "白日"  # after the last given one it may end
+
+
+def test_refinement_keeps_what_the_heads_are_sure_of(overfit_run):
+    # The overfit heads reconstruct every line from its mu with near certainty, so a
+    # refiner that predicts something else everywhere must change nothing at keep 0.9,
+    # and everything at keep 1 (nothing is sure enough), unless z is read at noise 0
+    # (trusted entirely, as for a reconstruction).
+    run = favouring(overfit_run, overfit_run.tokenizer.index["山"])
+    with torch.no_grad():
+        run.model.decoder.out.bias[overfit_run.tokenizer.index["山"]] -= 50.0
+    mu = run.model.encode(torch.tensor([run.tokenizer.encode(s, 5) for s in POEM_LINES]))[0]
+    kept = generate.texts(run, write_lines(run, mu, 0.5, SampleConfig(keep=0.9)))
+    assert kept == POEM_LINES
+    redone = generate.texts(run, write_lines(run, mu, 0.5, SampleConfig(keep=1.0)))
+    assert all(s != t for s, t in zip(redone, POEM_LINES))
+    trusted = generate.texts(run, write_lines(run, mu, 0.0, SampleConfig(keep=1.0)))
+    assert trusted == POEM_LINES
+
+
+def test_different_seeds_draw_independent_latents(overfit_run, monkeypatch):
+    drawn = {}
+    real = generate.prior_z
+
+    def recording(run, n, gen):
+        z = real(run, n, gen)
+        drawn.setdefault(seed, []).append(z)
+        return z
+    monkeypatch.setattr(generate, "prior_z", recording)
+    for seed in (0, 1):
+        list(poems(overfit_run, 3, 4, SampleConfig(seed=seed)))
+    a, b = torch.cat(drawn[0]), torch.cat(drawn[1])
+    # No latent of seed 1 is one of seed 0's (seed + line index made them shifted copies).
+    assert torch.cdist(a, b).min() > 1e-3
+
+
+def test_epoch_orders_do_not_repeat_across_seeds():
+    assert not torch.equal(epoch_order(1000, 0, 1), epoch_order(1000, 1, 0))
+    assert torch.equal(epoch_order(1000, 3, 2), epoch_order(1000, 3, 2))
+
+
+def test_poems_stream_in_batches(overfit_run):
+    stream = poems(overfit_run, 10 ** 12, 4, batch=2)
+    first = [next(stream) for _ in range(3)]
+    assert all(len(p) == 4 and len(set(p)) == 4 for p in first)

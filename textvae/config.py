@@ -1,0 +1,88 @@
+"""Training settings and named presets.
+
+The model's own settings are ``VAEConfig`` in model.py (they rebuild the model); these
+decide how it is trained. Both are saved in the run folder's config.json. Each field's
+comment is its ``--flag`` help in train.py.
+"""
+from dataclasses import dataclass, fields
+
+from .errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    corpus: str = "tang5"         # a recipe name (corpora/) or the path of a UTF-8 file
+    data_dir: str = "data"        # where recipes write prepared corpora
+    out: str = ""                 # run folder; default runs/<corpus name>
+    vocab_size: int = 4000        # characters kept (+4 specials); rarer ones become <unk>
+    max_len: int = 0              # 0: the longest training line (at most 64)
+    epochs: float = 2.4           # passes over the training split (tang5: ~14 min on 2
+                                  # CPU cores); see min_steps and max_steps
+    min_steps: int = 3000         # a small corpus still trains this many steps (10k lines
+                                  # at 2.4 epochs would be only ~100 steps)
+    max_steps: int = 0            # > 0: train exactly this many steps, whatever --epochs
+    batch_size: int = 256         # lines per step
+    lr: float = 2e-3              # Adam; cosine-decayed to lr/10 over the run
+    weight_decay: float = 0.0     # Adam's L2 penalty
+    grad_clip: float = 1.0        # max global grad norm; 0 disables
+    kl_schedule: str = "cyclical" # constant, linear, sigmoid or cyclical (Fu et al. 2019)
+    beta_max: float = 0.5         # the KL weight's ceiling: < 1 keeps more of each line in
+                                  # z (reconstruction), 1 is the true ELBO
+    kl_warmup: int = 2000         # linear / sigmoid: steps to reach beta_max
+    kl_cycles: int = 2            # cyclical: cycles over the run
+    kl_ratio: float = 0.5         # cyclical: share of each cycle spent ramping up
+    free_bits: float = 0.1        # per-dimension KL floor (nats); keeps every dimension in use
+    eval_every: int = 500         # steps between validation records in metrics.jsonl
+    ckpt_every: int = 500         # steps between checkpoints
+    keep_ckpts: int = 2           # checkpoints kept on disk
+    iw_samples: int = 100         # k for the final test IW-NLL (0 skips it)
+    seed: int = 0                 # fixes initialisation, data order and sampling
+    device: str = "auto"          # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
+    amp: str = "auto"             # bf16 autocast: auto = on for CUDA and for CPUs with AMX
+                                  # tiles (faster than fp32 there), bf16 = on, off = fp32
+    skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping
+    skip_bad_lines: bool = False  # drop corpus lines that are not UTF-8 instead of failing
+
+    def __post_init__(self):
+        for name in ("vocab_size", "batch_size", "eval_every", "ckpt_every", "keep_ckpts"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "lr"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
+        for name in ("free_bits", "iw_samples", "max_len", "min_steps", "max_steps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+
+    def total_steps(self, steps_per_epoch):
+        if self.max_steps:
+            return self.max_steps
+        return max(round(self.epochs * steps_per_epoch), self.min_steps, 1)
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+# Su Jianlin's Keras poetry VAE (../shared/docs/anchors.md), the baseline to beat: no
+# refiner, KL at weight 1 from the first step, no free bits.
+PRESETS = {
+    "su2018": {"emb_dim": 64, "enc_hidden": 64, "enc_layers": 2, "kernel": 3,
+               "pooling": "mean", "latent": 64, "dec_trunk": 0, "dec_hidden": 64,
+               "dec_layers": 1, "dropout": 0.0, "refiner_layers": 0,
+               "kl_schedule": "constant", "beta_max": 1.0, "free_bits": 0.0, "lr": 1e-3,
+               "batch_size": 64},
+}
+
+
+def configs(preset=None, overrides=None):
+    """(TrainConfig, VAEConfig) for a preset name (None: the defaults) plus overrides."""
+    from .model import VAEConfig
+    if preset and preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    settings = {**PRESETS.get(preset or "", {}), **(overrides or {})}
+
+    def build(cls):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in settings.items() if k in names})
+    return build(TrainConfig), build(VAEConfig)
