@@ -34,7 +34,7 @@ def test_a_completion_never_ends_before_a_given_character(overfit_run):
     # character the user gave: that would drop it silently.
     run = favouring(overfit_run, PAD)
     run.config = copy.deepcopy(run.config)
-    run.config["data"]["form"] = {"lengths": [3, 4, 5], "fixed": {}}
+    run.config["data"]["form"] = {"lengths": [1, 2, 3, 4, 5], "fixed": {}}
     line = complete(run, "_日依山尽")[0]
     assert len(line) == 5 and line[1:] == "日依山尽"
     assert complete(run, "白日_")[0][:2] == "白日"  # after the last given one it may end

@@ -100,19 +100,9 @@ def _lines_arg(values, file):
     return lines
 
 
-@cli
-def generate_main(argv):
-    from .generate import complete, encode, interpolate, reconstruct
-    from .run import load_run
-    from .trainer import resolve_device
-    # The subcommand may come after global flags (`--run X interpolate A B`); with none,
-    # the command is `sample`.
-    argv = list(argv)
-    first = next((i for i, a in enumerate(argv) if a in COMMANDS), None)
-    if first is not None:
-        argv.insert(0, argv.pop(first))
-    elif not {"-h", "--help"} & set(argv[:1]):
-        argv.insert(0, "sample")
+def generate_parser():
+    """generate.py's flags: one subcommand each for sample (the default), interpolate,
+    reconstruct, encode, complete and evaluate."""
     p = argparse.ArgumentParser(
         prog="generate.py",
         description="Use a trained run: write poems (default), interpolate, reconstruct, "
@@ -173,12 +163,40 @@ def generate_main(argv):
     s.add_argument("--iw-samples", type=int, default=500, help="k of the IW-NLL (0 skips)")
     s.add_argument("--num-samples", type=int, default=1000, help="prior samples judged")
     s.add_argument("--max-lines", type=int, default=0, help="evaluate N random lines of the split (0: all)")
-    args = p.parse_args(argv)
+    return p
 
+
+@cli
+def generate_main(argv):
+    from .run import load_run
+    from .trainer import resolve_device
+    # The subcommand may come after global flags (`--run X interpolate A B`); with none,
+    # the command is `sample`.
+    argv = list(argv)
+    first = next((i for i, a in enumerate(argv) if a in COMMANDS), None)
+    if first is not None:
+        argv.insert(0, argv.pop(first))
+    elif not {"-h", "--help"} & set(argv[:1]):
+        argv.insert(0, "sample")
+    args = generate_parser().parse_args(argv)
     run = load_run(args.run, resolve_device(args.device))
-    out = {}
     if args.command == "sample":
         return _sample(run, args)
+    if args.command == "evaluate":
+        return _evaluate(run, args)
+    out, text = _use(run, args)
+    if args.format == "json":
+        print(json.dumps(out, ensure_ascii=False, indent=None if args.command == "encode"
+                         else 2))
+    else:
+        print(text)
+    return 0
+
+
+def _use(run, args):
+    """interpolate, reconstruct, encode or complete: (JSON-able result, text)."""
+    from .generate import complete, encode, interpolate, reconstruct
+    text = None
     if args.command == "interpolate":
         hows = ("linear", "spherical") if args.how == "both" else (args.how,)
         out = {h: interpolate(run, args.line_a, args.line_b, args.steps, h, args.allow_unk,
@@ -203,14 +221,7 @@ def generate_main(argv):
                for pat, line in zip(args.patterns, complete(run, args.patterns, sc,
                                                             args.candidates))]
         text = "\n".join(f"{o['pattern']}\t{o['line']}" for o in out)
-    else:
-        return _evaluate(run, args)
-    if args.format == "json":
-        print(json.dumps(out, ensure_ascii=False, indent=None if args.command == "encode"
-                         else 2))
-    else:
-        print(text)
-    return 0
+    return out, text
 
 
 def _sample_config(args):

@@ -64,8 +64,8 @@ def choose(logits, sc: SampleConfig, gen=None):
         return logits.argmax(-1)
     top, idx = logits.topk(min(sc.top_k, logits.shape[-1]), dim=-1)
     probs = torch.softmax(top / sc.temperature, dim=-1)
-    pick = torch.multinomial(probs.flatten(0, 1), 1, generator=gen).view(probs.shape[:2])
-    return idx.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+    drawn = torch.multinomial(probs.flatten(0, 1), 1, generator=gen).view(probs.shape[:2])
+    return idx.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
 
 
 def _ban(logits, banned, min_len, given=None):
