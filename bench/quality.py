@@ -67,13 +67,12 @@ def evaluate_vae(folder, args):
     return res
 
 
-def charlm(args, corpus):
+def charlm(args, corpus, tok):
     from bench import charlm as lm
     out = ROOT / "runs" / f"bench-charlm-{corpus.name}"
     if not (out / "samples.json").exists():
         lm.main(["--minutes", str(args.minutes), "--corpus", args.corpus, "--out", str(out)])
     saved = json.loads((out / "samples.json").read_text())
-    tok = CharTokenizer.train(corpus.train, 4000)
     test = corpus.splits["test"]
     res = judge_samples(saved["samples"], test, corpus.train, corpus.form(), tok.vocab_size)
     res["train_steps"], res["train_s"] = saved["steps"], saved["minutes"] * 60
@@ -99,7 +98,7 @@ def main():
         results[name] = evaluate_vae(folder, args)
         print(f"{name}: {folder} ready and evaluated in {(time.time() - t) / 60:.1f} min",
               flush=True)
-    results["charlm"] = charlm(args, corpus)
+    results["charlm"] = charlm(args, corpus, tok)
     names = list(results)
     print(f"\n{args.corpus} test split, IW-NLL with k={args.iw_samples}; training: " +
           ", ".join(f"{n} {r['train_steps']} steps in {r['train_s']:.0f} s"

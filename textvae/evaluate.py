@@ -108,9 +108,11 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
     run.model.eval()
     sc = sc or SampleConfig(seed=seed)
     gen = torch.Generator().manual_seed(seed)
-    out = likelihood_and_reconstruction(run, lines, batch_size, gen, sc)
+    device = next(run.model.parameters()).device
+    idx = torch.from_numpy(run.tokenizer.encode_batch(lines, run.max_len)).to(device)
+    out = likelihood_and_reconstruction(run, idx, batch_size, gen, sc)
     if iw_samples > 0:
-        out.update(iw_figures(run, lines, iw_samples, gen, progress))
+        out.update(iw_figures(run, idx, iw_samples, gen, progress))
     judge = CharKN(train_lines, len(run.tokenizer.chars)) if n_samples or n_pairs else None
     if n_samples > 0:
         out.update(sample_figures(run, lines, train_lines, n_samples, seed, sc, judge))
@@ -119,11 +121,11 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
     return out
 
 
-def likelihood_and_reconstruction(run, lines, batch_size, gen, sc):
-    """-ELBO terms, MI, AU, and reconstruction accuracy from mu and from a sampled z."""
+def likelihood_and_reconstruction(run, idx, batch_size, gen, sc):
+    """-ELBO terms, MI, AU, and reconstruction accuracy from mu and from a sampled z, for
+    the token ids ``idx`` (N, L) of the evaluated lines."""
     model = run.model
-    device = next(model.parameters()).device
-    idx = torch.from_numpy(run.tokenizer.encode_batch(lines, run.max_len)).to(device)
+    device = idx.device
     n_chars = int((idx != PAD).sum())
     mus, logvars, rec, kl = [], [], 0.0, 0.0
     hits, exact = {"mu": 0, "z": 0}, {"mu": 0, "z": 0}
@@ -141,7 +143,7 @@ def likelihood_and_reconstruction(run, lines, batch_size, gen, sc):
             exact[kind] += int((guess == batch).all(1).sum())
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
-    N = len(lines)
+    N = len(idx)
     mu_all = torch.cat(mus)
     return {"lines": N, "chars": n_chars,
             "rec": rec / N, "kl": kl / N, "elbo_nll": (rec + kl) / N,
@@ -153,10 +155,8 @@ def likelihood_and_reconstruction(run, lines, batch_size, gen, sc):
             "acc_z": hits["z"] / n_chars, "exact_z": exact["z"] / N}
 
 
-def iw_figures(run, lines, k, gen, progress=None):
-    device = next(run.model.parameters()).device
-    idx = torch.from_numpy(run.tokenizer.encode_batch(lines, run.max_len)).to(device)
-    total, N = 0.0, len(lines)
+def iw_figures(run, idx, k, gen, progress=None):
+    total, N = 0.0, len(idx)
     for i, batch in enumerate(_batches(idx, 64)):
         total += float(iw_nll(run.model, batch, k, gen=gen).sum())
         if progress:
@@ -178,7 +178,7 @@ def judge_samples(samples, lines, train_lines, form, vocab_size, seed=0, judge=N
     rng = random.Random(seed)
     real = rng.sample(lines, min(n, len(lines)))
     same_size = rng.sample(train_lines, min(n, len(train_lines)))
-    vocab = range(vocab_size)  # the bigram only needs the vocabulary's size
+    bigram = CharBigram(train_lines, vocab_size)
     return {
         "samples": n,
         "well_formed": sum(form.matches(s) and "□" not in s for s in samples) / n,
@@ -191,8 +191,8 @@ def judge_samples(samples, lines, train_lines, form, vocab_size, seed=0, judge=N
         "kn_bits": judge.bits_per_char(samples), "kn_bits_real": judge.bits_per_char(lines),
         "reverse_kn_bits": CharKN(samples, vocab_size).bits_per_char(lines),
         "reverse_kn_bits_real": CharKN(same_size, vocab_size).bits_per_char(lines),
-        "fluency": CharBigram(train_lines, vocab).logprob_per_char(samples),
-        "fluency_real": CharBigram(train_lines, vocab).logprob_per_char(lines),
+        "fluency": bigram.logprob_per_char(samples),
+        "fluency_real": bigram.logprob_per_char(lines),
         "sample_lines": samples[:16],
     }
 

@@ -49,13 +49,14 @@ class SampleConfig:
             raise UserError(f"--repeat-penalty must be >= 0, got {self.repeat_penalty}")
 
 
-def banned_ids(run):
-    return banned_for(run.form.lengths, run.max_len)
-
-
 def banned_for(lengths, max_len):
     """Ids never emitted: <unk>, <s>, </s>; <pad> too for a corpus of one fixed length."""
     return [UNK, BOS, EOS] + ([PAD] if list(lengths) == [max_len] else [])
+
+
+def _prob_of(logits, ids):
+    """Probability (B, L) of the chosen ids under logits (B, L, V)."""
+    return logits.softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
 def choose(logits, sc: SampleConfig, gen=None):
@@ -91,22 +92,22 @@ def write_lines(run, z, noise, sc: SampleConfig = SampleConfig(), given=None, ge
     given: optional (B, L) ids, -1 where free; those characters are kept as they are.
     passes: refinement passes (0: one per position, at most 10).
     """
-    return write_ids(run.model, banned_ids(run), min(run.form.lengths), z, noise, sc, given,
-                     gen, passes)
+    return write_ids(run.model, run.form.lengths, z, noise, sc, given, gen, passes)
 
 
 @torch.no_grad()
-def write_ids(model, banned, min_len, z, noise, sc: SampleConfig = SampleConfig(),
-              given=None, gen=None, passes=0):
-    """``write_lines`` for a bare model, its banned ids and the corpus' shortest line
-    length (the trainer has no run yet)."""
+def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given=None,
+              gen=None, passes=0):
+    """``write_lines`` for a bare model and its corpus' line lengths (the trainer has no
+    run yet)."""
+    banned, min_len = banned_for(lengths, model.cfg.max_len), min(lengths)
     z = z.to(next(model.parameters()).device)
     if given is not None:
         given = given.to(z.device)
     draft = model.decoder.features(z)                                       # (B, L, H)
     logits = _ban(model.decoder.out(draft), banned, min_len, given)
     ids = choose(logits, sc, gen)
-    conf = logits.softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)     # (B, L)
+    conf = _prob_of(logits, ids)                                            # (B, L)
     levels = torch.as_tensor(noise, dtype=z.dtype, device=z.device).expand(len(z))
     # A z read at noise 0 is trusted entirely: the heads' draft is the line (the
     # refiner, measured, rewrote 9% of the characters the heads got right).
@@ -129,9 +130,8 @@ def write_ids(model, banned, min_len, z, noise, sc: SampleConfig = SampleConfig(
         logits = _ban(model.refiner(inp, z, levels, draft), banned, min_len, given)
         logits = _penalise_neighbours(logits, ids.masked_fill(masked, -1), sc.repeat_penalty)
         new = choose(logits, sc, gen)
-        new_conf = logits.softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
         ids = torch.where(masked, new, ids)
-        conf = torch.where(masked, new_conf, conf)
+        conf = torch.where(masked, _prob_of(logits, new), conf)
     return ids.cpu()
 
 
@@ -156,15 +156,21 @@ def prior_z(run, n, gen):
     return torch.randn(n, run.model.cfg.latent, generator=gen)
 
 
+def _new_lines(run, n, sc, gen, heads=None):
+    """``n`` lines from z ~ N(0, I), or (acrostic) one completion per character of
+    ``heads``, repeated to fill ``n`` lines."""
+    if heads is None:
+        return texts(run, write_lines(run, prior_z(run, n, gen), sc.noise, sc, gen=gen))
+    blanks = "_" * (max(run.form.lengths) - 1)
+    return complete(run, [heads[i % len(heads)] + blanks for i in range(n)], sc, gen=gen)
+
+
 @torch.no_grad()
 def sample(run, n, sc: SampleConfig = SampleConfig(), batch=4096):
     """``n`` lines written from z ~ N(0, I)."""
     gen = torch.Generator().manual_seed(sc.seed)
-    out = []
-    for start in range(0, n, batch):
-        z = prior_z(run, min(batch, n - start), gen)
-        out += texts(run, write_lines(run, z, sc.noise, sc, gen=gen))
-    return out
+    return [line for start in range(0, n, batch)
+            for line in _new_lines(run, min(batch, n - start), sc, gen)]
 
 
 def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads=None,
@@ -179,12 +185,7 @@ def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads
     gen = torch.Generator().manual_seed(sc.seed)
     for start in range(0, n_poems, batch):
         todo = min(batch, n_poems - start)
-        if heads is None:
-            lines = texts(run, write_lines(run, prior_z(run, todo * lines_per_poem, gen),
-                                           sc.noise, sc, gen=gen))
-        else:
-            patterns = [h + "_" * (max(run.form.lengths) - 1) for h in heads] * todo
-            lines = complete(run, patterns, sc, gen=gen)
+        lines = _new_lines(run, todo * lines_per_poem, sc, gen, heads)
         for p in range(todo):
             poem = lines[p * lines_per_poem:(p + 1) * lines_per_poem]
             yield _no_repeats(run, poem, sc, gen, heads)
@@ -197,12 +198,7 @@ def _no_repeats(run, poem, sc, gen, heads, tries=50):
         for _ in range(tries):
             if poem[i] not in poem[:i]:
                 break
-            if heads is None:
-                poem[i] = texts(run, write_lines(run, prior_z(run, 1, gen), sc.noise, sc,
-                                                 gen=gen))[0]
-            else:
-                poem[i] = complete(run, [heads[i] + "_" * (max(run.form.lengths) - 1)], sc,
-                                   gen=gen)[0]
+            poem[i] = _new_lines(run, 1, sc, gen, None if heads is None else heads[i])[0]
     return poem
 
 

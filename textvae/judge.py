@@ -18,8 +18,8 @@ BOS, EOS = "\x02", "\x03"  # line start / end markers; never characters of a cor
 class CharBigram:
     """Add-k smoothed character bigram with line start / end markers (natural log)."""
 
-    def __init__(self, lines, vocab, k=0.1):
-        self.k, self.V = k, len(vocab) + 1  # +1 for the end marker
+    def __init__(self, lines, vocab_size, k=0.1):
+        self.k, self.V = k, vocab_size + 1  # +1 for the end marker
         self.pair, self.ctx = Counter(), Counter()
         for line in lines:
             chars = [BOS, *line, EOS]

@@ -26,7 +26,7 @@ from .data import load_corpus
 from .errors import UserError
 from .evaluate import active_units
 from .files import atomic_write_text
-from .generate import SampleConfig, banned_for, write_ids
+from .generate import SampleConfig, write_ids
 from .model import TextVAE, VAEConfig
 from .run import (CKPT_DIR, METRICS, SUMMARY, append_metrics, clean_temp_files,
                   has_checkpoint, load_checkpoint, open_run_folder, read_metrics,
@@ -116,7 +116,7 @@ def epoch_order(n, seed, epoch):
 
 
 @torch.no_grad()
-def validate(model, idx, beta, banned, min_len, batch_size=1024):
+def validate(model, idx, beta, lengths, batch_size=1024):
     """Validation -ELBO terms and accuracy from mu through the full decoding path (the
     same figure as ``evaluate``'s acc_mu)."""
     model.eval()
@@ -128,7 +128,7 @@ def validate(model, idx, beta, banned, min_len, batch_size=1024):
         rec += terms["rec"].item() * len(batch)
         kl += terms["kl"].item() * len(batch)
         ref += terms["ref"].item() * len(batch) if "ref" in terms else 0.0
-        guess = write_ids(model, banned, min_len, terms["mu"], 0.0, SampleConfig()).to(batch.device)
+        guess = write_ids(model, lengths, terms["mu"], 0.0, SampleConfig()).to(batch.device)
         hits += float(((guess == batch) & (batch != PAD)).sum())
         mus.append(terms["mu"].float())
     model.train()
@@ -221,8 +221,7 @@ class Trainer:
         self.data = torch.from_numpy(tok.encode_batch(corpus.train, corpus.max_len))
         valid = corpus.splits["valid"] or corpus.train[:1000]
         self.valid = torch.from_numpy(tok.encode_batch(valid, corpus.max_len)).to(self.device)
-        lengths = corpus.form().lengths
-        self.banned, self.min_len = banned_for(lengths, corpus.max_len), min(lengths)
+        self.lengths = corpus.form().lengths  # for validation's decoding
         self.per_epoch = math.ceil(len(self.data) / tc.batch_size)
         self.total = tc.total_steps(self.per_epoch)
         self.beta = KLSchedule(tc.kl_schedule, tc.beta_max, self.total, tc.kl_warmup,
@@ -327,8 +326,7 @@ class Trainer:
                             refresh=False)
         last = self.step == self.total
         if self.step % self.tc.eval_every == 0 or last:
-            record = validate(self.model, self.valid, self.beta(self.step), self.banned,
-                              self.min_len)
+            record = validate(self.model, self.valid, self.beta(self.step), self.lengths)
             append_metrics(self.out, {"step": self.step, "epoch": self.epoch,
                                       "beta": self.beta(self.step),
                                       "lines_per_s": round(lines_per_s, 1),
