@@ -82,3 +82,15 @@ def test_poems_stream_in_batches(overfit_run):
     stream = poems(overfit_run, 10 ** 12, 4, batch=2)
     first = [next(stream) for _ in range(3)]
     assert all(len(p) == 4 and len(set(p)) == 4 for p in first)
+
+
+def test_fitting_z_brings_back_lines_the_encoder_places_badly(overfit_run):
+    # An encoder that maps every line to the same mu: only fitting z can tell them apart.
+    run = copy.copy(overfit_run)
+    run.model = copy.deepcopy(run.model)
+    with torch.no_grad():
+        run.model.to_mu.weight.zero_()
+    blind = generate.reconstruct(run, POEM_LINES, sc=SampleConfig(fit_steps=0))
+    assert len(set(blind)) == 1
+    fitted = generate.reconstruct(run, POEM_LINES, sc=SampleConfig(fit_steps=100))
+    assert sum(a == b for a, b in zip(fitted, POEM_LINES)) >= 6, fitted

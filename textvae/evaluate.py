@@ -22,10 +22,10 @@ import random
 import torch
 import torch.nn.functional as F
 
-from .generate import SampleConfig, sample, write_lines
+from .generate import SampleConfig, fit_z, sample, write_lines
 from .judge import CharBigram, CharKN, adjacent_repeat_share, chars_changed, distinct_n
 from .model import gaussian_kl
-from .tokenizer import PAD
+from .tokenizer import PAD, UNK
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -111,6 +111,7 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
     device = next(run.model.parameters()).device
     idx = torch.from_numpy(run.tokenizer.encode_batch(lines, run.max_len)).to(device)
     out = likelihood_and_reconstruction(run, idx, batch_size, gen, sc)
+    out.update(fitted_reconstruction(run, idx, sc, seed))
     if iw_samples > 0:
         out.update(iw_figures(run, idx, iw_samples, gen, progress))
     judge = CharKN(train_lines, len(run.tokenizer.chars)) if n_samples or n_pairs else None
@@ -153,6 +154,19 @@ def likelihood_and_reconstruction(run, idx, batch_size, gen, sc):
             "au": active_units(mu_all), "latent": model.cfg.latent,
             "acc_mu": hits["mu"] / n_chars, "exact_mu": exact["mu"] / N,
             "acc_z": hits["z"] / n_chars, "exact_z": exact["z"] / N}
+
+
+def fitted_reconstruction(run, idx, sc, seed, n=1000):
+    """Exact lines when z is fitted to the line (generate.fit_z, as reconstruct and
+    interpolate do), over up to ``n`` lines whose characters are all in the vocabulary
+    (a line with <unk> cannot come back exactly)."""
+    known = idx[(idx != UNK).all(1)]
+    pick = torch.randperm(len(known), generator=torch.Generator().manual_seed(seed))[:n]
+    if len(pick) == 0 or sc.fit_steps == 0:
+        return {}
+    guess = write_lines(run, fit_z(run, known[pick], sc.fit_steps), 0.0, sc)
+    return {"exact_fit": float((guess.to(idx.device) == known[pick]).all(1).float().mean()),
+            "in_vocab": len(known) / len(idx)}
 
 
 def iw_figures(run, idx, k, gen, progress=None):
@@ -201,7 +215,7 @@ def interpolation_figures(run, lines, n_pairs, seed, sc, judge, steps=8):
     """Paths between random pairs of real lines: ends, fluency in between, smoothness."""
     from .generate import interpolate
     rng = random.Random(seed)
-    formed = distinct = middles = ends = changed = 0
+    formed = distinct = middles = ends = changed = known = known_ends = 0
     inner = []
     for _ in range(n_pairs):
         a, b = rng.sample(lines, 2)
@@ -211,9 +225,14 @@ def interpolation_figures(run, lines, n_pairs, seed, sc, judge, steps=8):
         middles += len(path) - 2
         distinct += len(set(path))
         ends += (path[0] == a) + (path[-1] == b)
+        for line, end in ((a, path[0]), (b, path[-1])):
+            if not run.tokenizer.unknown_chars(line):
+                known += 1
+                known_ends += line == end
         changed += sum(chars_changed(x, y) for x, y in zip(path, path[1:]))
     return {"interp_well_formed": formed / middles, "interp_distinct": distinct / n_pairs,
             "interp_ends": ends / (2 * n_pairs),
+            "interp_ends_in_vocab": known_ends / max(known, 1),
             "interp_kn_bits": judge.bits_per_char(inner),
             "interp_changed": changed / (n_pairs * (steps - 1))}
 
@@ -245,6 +264,8 @@ ROWS = [  # (key, label, format)
     ("au", "active units", "{}"),
     ("acc_mu", "char accuracy from mu", "{:.3f}"),
     ("exact_mu", "exact lines from mu", "{:.3f}"),
+    ("exact_fit", "exact lines from fitted z (in-vocabulary lines)", "{:.3f}"),
+    ("in_vocab", "  share of lines in the vocabulary", "{:.3f}"),
     ("acc_z", "char accuracy from sampled z", "{:.3f}"),
     ("exact_z", "exact lines from sampled z", "{:.3f}"),
     ("well_formed", "samples well-formed", "{:.3f}"),
@@ -263,6 +284,7 @@ ROWS = [  # (key, label, format)
     ("fluency", "fluency: bigram nats/char (samples)", "{:.3f}"),
     ("fluency_real", "fluency: bigram nats/char (real)", "{:.3f}"),
     ("interp_ends", "interpolation ends reconstructed", "{:.3f}"),
+    ("interp_ends_in_vocab", "  of ends in the vocabulary", "{:.3f}"),
     ("interp_well_formed", "interpolation well-formed", "{:.3f}"),
     ("interp_distinct", "interpolation distinct lines/8", "{:.2f}"),
     ("interp_changed", "interpolation chars changed/step", "{:.2f}"),
