@@ -130,8 +130,15 @@ def _poems(tgz, pattern):
 
 
 def _to_simplified(lines):
+    """Simplified characters, one for one: zhconv converts phrases too and can change a
+    line's length (欲道瓊漿 -> 欲道琼斯浆, read as the Dow Jones); such a line is
+    converted character by character instead."""
     import zhconv  # only the poetry recipes need it
-    return [zhconv.convert(s, "zh-cn") for s in lines]
+    out = []
+    for s in lines:
+        t = zhconv.convert(s, "zh-cn")
+        out.append(t if len(t) == len(s) else "".join(zhconv.convert(c, "zh-cn") for c in s))
+    return out
 
 
 def _clauses(poem):
@@ -145,14 +152,21 @@ def tang_clauses(tgz, n):
     return _to_simplified(out)
 
 
+def poems_of_shape(tgz, chars, lines, dynasties="tang|song"):
+    """Poems of exactly ``lines`` all-Han clauses of ``chars`` characters each (a 绝句 or
+    律诗 by shape), as lists of clauses in Simplified characters."""
+    out = []
+    pattern = rf"package/dist/quantangshi/poet\.({dynasties})\.\d+\.json$"
+    for poem in _poems(tgz, pattern):
+        c = _clauses(poem)
+        if len(c) == lines and all(len(x) == chars and HAN.match(x) for x in c):
+            out.append("|".join(c))
+    return [s.split("|") for s in _to_simplified(out)]
+
+
 def quatrains5(tgz):
     """Tang and Song poems of exactly four five-character clauses, as '甲，乙。丙，丁。'."""
-    out = []
-    for poem in _poems(tgz, r"package/dist/quantangshi/poet\.(tang|song)\.\d+\.json$"):
-        c = _clauses(poem)
-        if len(c) == 4 and all(len(x) == 5 and HAN.match(x) for x in c):
-            out.append(f"{c[0]}，{c[1]}。{c[2]}，{c[3]}。")
-    return _to_simplified(out)
+    return [f"{a}，{b}。{c}，{d}。" for a, b, c, d in poems_of_shape(tgz, 5, 4)]
 
 
 ROMAN = re.compile(r"^[IVXLC]+$")

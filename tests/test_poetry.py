@@ -1,0 +1,96 @@
+"""Classical forms: tone templates, rhyme tables, constrained poems, acrostics."""
+from types import SimpleNamespace
+
+import pytest
+
+from bench.poetry import heads_ok, parse, rhymes, tone_verdict
+from textvae.errors import UserError
+from textvae.generate import acrostic_patterns
+from textvae.poetry import PoemConfig, couplets, write_poems
+from textvae.prosody import FORMS, PING, ZE, table, templates, xinyun_group
+
+from .conftest import run_cli
+
+DENG_GUAN_QUE_LOU = "白日依山尽，黄河入海流。\n欲穷千里目，更上一层楼。"
+
+
+def test_templates_are_the_standard_patterns():
+    assert templates(FORMS["wujue"], "ze") == ["仄仄平平仄", "平平仄仄平", "平平平仄仄", "仄仄仄平平"]
+    # 七绝 平起, first line rhyming: the textbook pattern.
+    assert templates(FORMS["qijue"], "ping") == [
+        "平平仄仄仄平平", "仄仄平平仄仄平", "仄仄平平平仄仄", "平平仄仄仄平平"]
+    lv = templates(FORMS["qilv"], "ze")
+    assert len(lv) == 8 and lv[4] == "仄仄平平平仄仄" and lv[5:] == lv[1:4]  # textbook 七律
+
+
+def test_pingshui_table_knows_tones_and_groups():
+    t = table("pingshui")
+    assert t.tones("东") == {PING} and t.groups("东") == {"一東"}
+    assert t.tones("白") == {ZE}          # an 入声 character is 仄
+    assert t.groups("流") & t.groups("楼")  # 登鹳雀楼 rhymes in 尤
+    assert t.tones("看") == {PING, ZE}     # two readings
+
+
+@pytest.mark.parametrize("syllable,group", [
+    ("zhong", "庚"), ("shi", "支"), ("xi", "齐"), ("yue", "皆"), ("jun", "文"),
+    ("you", "尤"), ("wei", "微"), ("hua", "麻"), ("lv", "齐"), ("wo", "波"), ("yuan", "寒")])
+def test_xinyun_groups_follow_the_finals(syllable, group):
+    assert xinyun_group(syllable) == group
+
+
+def test_the_checker_passes_a_real_quatrain():
+    tab, form = table("pingshui"), FORMS["wujue"]
+    clauses = parse(DENG_GUAN_QUE_LOU, form)
+    assert clauses is not None and rhymes(clauses, tab)
+    assert tone_verdict(clauses, form, tab) == (True, 1.0)
+    assert parse(DENG_GUAN_QUE_LOU.replace("。", "，"), form) is None
+
+
+def test_constrained_poems_keep_form_rhyme_tones_and_acrostic(overfit_run):
+    tab, form = table("pingshui"), FORMS["wujue"]
+    pc = PoemConfig(form, rhyme="pingshui", tones=True, acrostic="白黄欲更")
+    for poem in write_poems(overfit_run, pc, 8):
+        text = "\n".join(couplets(poem))
+        clauses = parse(text, form)
+        assert clauses is not None, text
+        assert rhymes(clauses, tab), text
+        assert tone_verdict(clauses, form, tab)[0], text
+        assert heads_ok(text, form, "白黄欲更"), text
+
+
+def test_lines_do_not_reuse_the_poems_earlier_characters(overfit_run):
+    # 40 characters to choose 20 from; a doubled character inside a line (处处) is
+    # the repeat penalty's business, not this rule's.
+    for poem in write_poems(overfit_run, PoemConfig(FORMS["wujue"], rhyme="off"), 8):
+        for i in range(1, 4):
+            assert not set(poem[i]) & set("".join(poem[:i])), poem
+
+
+def test_forms_refuse_runs_and_inputs_that_do_not_fit(overfit_run):
+    with pytest.raises(UserError, match="7-character"):
+        next(write_poems(overfit_run, PoemConfig(FORMS["qijue"]), 1))
+    with pytest.raises(UserError, match="4 characters"):
+        PoemConfig(FORMS["wujue"], acrostic="春夏")
+    with pytest.raises(UserError, match="rhyme"):
+        PoemConfig(FORMS["wujue"], rhyme="tang")
+
+
+def test_acrostic_on_a_whole_poem_corpus_puts_one_character_per_clause():
+    fixed = {"5": "，", "11": "。", "17": "，", "23": "。"}
+    run = SimpleNamespace(form=SimpleNamespace(lengths=[24], fixed=fixed))
+    assert acrostic_patterns(run, "春夏秋冬") == ["春____，夏____。秋____，冬____。"]
+    with pytest.raises(UserError, match="4 characters"):
+        acrostic_patterns(run, "春夏")
+    line_run = SimpleNamespace(form=SimpleNamespace(lengths=[5], fixed={}))
+    assert acrostic_patterns(line_run, "春夏") == ["春____", "夏____"]
+
+
+def test_cli_writes_forms_and_refuses_wrong_ones(overfit_run):
+    ok = run_cli("generate.py", "--run", str(overfit_run.dir), "--form", "wujue",
+                 "--tones", "--num", "2")
+    assert ok.returncode == 0, ok.stderr
+    poems = ok.stdout.strip().split("\n\n")
+    assert len(poems) == 2 and all(parse(p, FORMS["wujue"]) for p in poems)
+    bad = run_cli("generate.py", "--run", str(overfit_run.dir), "--form", "qilv")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
