@@ -145,6 +145,8 @@ def test_malicious_pickle_in_place_of_weights_is_refused_without_running(tmp_pat
 
 def test_malicious_checkpoint_is_refused_on_resume_without_running(tmp_path, straight):
     run = copy_run_files(straight, tmp_path / "run")
+    # config.json names the corpus relative to the run folder: copy it alongside.
+    (tmp_path / "c.txt").write_bytes((straight.parent / "c.txt").read_bytes())
     (run / "checkpoints").mkdir()
     marker = tmp_path / "pwned"
     torch.save({"x": Payload(marker)}, run / "checkpoints" / "step-00000020.pt")

@@ -16,6 +16,8 @@ from pathlib import Path
 from .config import PRESETS, configs
 from .errors import UserError
 from .generate import SampleConfig, poems
+from .poetry import PoemConfig, couplets, write_poems
+from .prosody import FORMS, RHYMES, form_named
 
 DEFAULT_RUN = "runs/tang5"
 
@@ -37,11 +39,28 @@ def cli(main):
     return wrapped
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's rule for bad input: one line on stderr, exit 2
+    (argparse's own error prints the whole usage first)."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _field_help(cls):
-    """The trailing comment of each dataclass field, as help text."""
-    src = inspect.getsource(cls)
-    return {m.group(1): m.group(2).strip()
-            for m in re.finditer(r"^\s+(\w+): [^#\n]+#(.*)$", src, re.M)}
+    """Each dataclass field's comment, as help text: the trailing comment of its line
+    and the comment-only lines that continue it."""
+    helps, name = {}, None
+    for line in inspect.getsource(cls).splitlines():
+        field = re.match(r"^\s+(\w+): [^#\n]+#(.*)$", line)
+        if field:
+            name, helps[field.group(1)] = field.group(1), field.group(2).strip()
+        elif name and line.strip().startswith("#"):
+            helps[name] += " " + line.strip()[1:].strip()
+        else:
+            name = None
+    return helps
 
 
 def _add_fields(parser, cls, skip=()):
@@ -54,8 +73,10 @@ def _add_fields(parser, cls, skip=()):
             parser.add_argument(flag, action="store_true", help=helps.get(f.name))
         else:
             typ = {"int": int, "float": float, "str": str}.get(getattr(f.type, "__name__", f.type), str)
+            default = f" (default: {f.default})" if f.default != "" else ""
             parser.add_argument(flag, type=typ, default=None,
-                                help=f"{helps.get(f.name, '')} (default: {f.default})")
+                                choices=getattr(cls, "CHOICES", {}).get(f.name),
+                                help=f"{helps.get(f.name, '')}{default}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -64,7 +85,7 @@ def train_main(argv):
     from .config import TrainConfig
     from .model import VAEConfig
     from .trainer import finish, train
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="train.py", description="Train a text VAE and save a self-contained run folder.")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last "
                    "checkpoint (its saved settings are used)")
@@ -103,7 +124,7 @@ def _lines_arg(values, file):
 def generate_parser():
     """generate.py's flags: one subcommand each for sample (the default), interpolate,
     reconstruct, encode, complete and evaluate."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="generate.py",
         description="Use a trained run: write poems (default), interpolate, reconstruct, "
                     "encode, complete lines, or evaluate.")
@@ -133,27 +154,48 @@ def generate_parser():
                         help="nats taken from a character where a neighbour has it "
                              f"(default: {d.repeat_penalty})")
 
+    def fitting(sp):
+        sp.add_argument("--fit-steps", type=int, default=SampleConfig().fit_steps,
+                        help="gradient steps fitting each given line's z, so the line "
+                             "comes back exactly; 0: the encoder's mu as it is "
+                             f"(default: {SampleConfig().fit_steps})")
+
     s = common(sub.add_parser("sample", help="poems from z ~ N(0, I) (the default)"))
+    p.default_command = s  # its options are listed by a bare --help too
     sampling(s)
     s.add_argument("--num", type=int, default=4, help="how many poems")
     s.add_argument("--lines", type=int, default=0,
                    help="lines per poem (default: 4 for line corpora, 1 for whole poems)")
     s.add_argument("--acrostic", help="first characters of the lines, e.g. 春夏秋冬")
+    s.add_argument("--form", choices=sorted(FORMS),
+                   help="a classical form: wujue 五绝, qijue 七绝 (4 lines), wulv 五律, "
+                        "qilv 七律 (8 lines); needs a run of 5- or 7-character lines")
+    s.add_argument("--rhyme", choices=RHYMES, default="pingshui",
+                   help="with --form: the even lines rhyme by 平水韵 (pingshui) or "
+                        "中华新韵 (xinyun), or not at all (default: pingshui)")
+    s.add_argument("--tones", action="store_true",
+                   help="with --form: follow the form's 平仄 template (characters 2, 4, "
+                        "6 and the last)")
+    s.add_argument("--coherence", type=float, default=PoemConfig.rho,
+                   help="with --form: share of its latent a line takes from the line "
+                        f"before, 0 to <1 (default: {PoemConfig.rho})")
     s = common(sub.add_parser("interpolate", help="walk the latent path between two lines"))
     s.add_argument("line_a")
     s.add_argument("line_b")
     s.add_argument("--steps", type=int, default=8, help="points on the path, ends included")
     s.add_argument("--how", choices=("linear", "spherical", "both"), default="both")
     sampling(s)
+    fitting(s)
     s.add_argument("--allow-unk", action="store_true",
                    help="map characters outside the vocabulary to <unk> instead of failing")
-    for name, what in (("reconstruct", "decode each line's posterior mean"),
-                       ("encode", "print mu (and logvar) of each line as JSON")):
+    for name, what in (("encode", "print mu (and logvar) of each line as JSON"),
+                       ("reconstruct", "write each line back from its (fitted) z")):
         s = common(sub.add_parser(name, help=what))
         s.add_argument("lines", nargs="*")
         s.add_argument("--file", help="a UTF-8 file of lines")
         s.add_argument("--allow-unk", action="store_true",
                        help="map characters outside the vocabulary to <unk> instead of failing")
+    fitting(s)  # reconstruct's parser
     s = common(sub.add_parser("complete", help="fill the _ of a line, e.g. 白日__尽"))
     sampling(s)
     s.add_argument("patterns", nargs="+")
@@ -176,7 +218,12 @@ def generate_main(argv):
     first = next((i for i, a in enumerate(argv) if a in COMMANDS), None)
     if first is not None:
         argv.insert(0, argv.pop(first))
-    elif not {"-h", "--help"} & set(argv[:1]):
+    elif argv in (["-h"], ["--help"]):
+        parser = generate_parser()
+        print(parser.format_help() + "\nThe default command, sample (`generate.py sample`):\n"
+              + parser.default_command.format_help())
+        return 0
+    else:
         argv.insert(0, "sample")
     args = generate_parser().parse_args(argv)
     run = load_run(args.run, resolve_device(args.device))
@@ -206,7 +253,7 @@ def _use(run, args):
         text = "   " + "  ".join(hows) + "\n" + text
     elif args.command == "reconstruct":
         lines = _lines_arg(args.lines, args.file)
-        rec = reconstruct(run, lines, args.allow_unk)
+        rec = reconstruct(run, lines, args.allow_unk, SampleConfig(fit_steps=args.fit_steps))
         out = [{"line": a, "reconstruction": b} for a, b in zip(lines, rec)]
         text = "\n".join(f"{a}\t{b}" for a, b in zip(lines, rec))
     elif args.command == "encode":
@@ -226,7 +273,7 @@ def _use(run, args):
 
 def _sample_config(args):
     return SampleConfig(args.temperature, args.top_k, args.seed, args.noise, args.keep,
-                        args.repeat_penalty)
+                        args.repeat_penalty, getattr(args, "fit_steps", 0))
 
 
 def _sample(run, args):
@@ -235,8 +282,13 @@ def _sample(run, args):
         raise UserError("--num must be at least 1 and --lines at least 0")
     if args.acrostic is not None and not args.acrostic.strip():
         raise UserError("--acrostic needs at least one character")
-    n_lines = args.lines or run.config["data"].get("lines_per_poem", 4)
-    stream = poems(run, args.num, n_lines, _sample_config(args), heads=args.acrostic)
+    if args.form:
+        pc = PoemConfig(form_named(args.form), args.rhyme, args.tones, args.acrostic or "",
+                        args.coherence)
+        stream = (couplets(p) for p in write_poems(run, pc, args.num, _sample_config(args)))
+    else:
+        n_lines = args.lines or run.config["data"].get("lines_per_poem", 4)
+        stream = poems(run, args.num, n_lines, _sample_config(args), heads=args.acrostic)
     if args.format == "json":  # one JSON list of poems, written poem by poem
         sys.stdout.write("[")
         for i, poem in enumerate(stream):

@@ -43,6 +43,9 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping
     skip_bad_lines: bool = False  # drop corpus lines that are not UTF-8 instead of failing
 
+    CHOICES = {"kl_schedule": ("constant", "linear", "sigmoid", "cyclical"),
+               "amp": ("auto", "bf16", "off")}  # not a field: the flags' allowed values
+
     def __post_init__(self):
         for name in ("vocab_size", "batch_size", "eval_every", "ckpt_every", "keep_ckpts"):
             if getattr(self, name) < 1:

@@ -52,12 +52,17 @@ def read_lines(path, skip_bad_lines=False):
     return lines, skipped
 
 
+UMASK = os.umask(0)
+os.umask(UMASK)  # read once: the mode a plain open() would give new files
+
+
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` so that readers see the old file or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; a run folder is for sharing
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -62,6 +62,8 @@ class VAEConfig:
     refiner_dim: int = 256   # refiner width
     refiner_heads: int = 4   # attention heads of the refiner
 
+    CHOICES = {"encoder": ("gcnn", "lstm"), "pooling": ("mean", "max", "meanmax")}  # flags
+
     def __post_init__(self):
         if self.encoder not in ("gcnn", "lstm"):
             raise UserError(f"--encoder must be gcnn or lstm, got {self.encoder!r}")

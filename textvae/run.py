@@ -14,6 +14,7 @@ objects. Every file is written to a temporary name and renamed into place.
 """
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,46 @@ class Run:
     def max_len(self):
         return self.model.cfg.max_len
 
+    # The Python API: each method is the command of the same name in generate.py.
+    # Keyword arguments are those of SampleConfig (seed, noise, top_k, temperature, ...).
+
+    def sample(self, n=4, **kw):
+        """``n`` new lines written from z ~ N(0, I)."""
+        from .generate import SampleConfig, sample
+        return sample(self, n, SampleConfig(**kw))
+
+    def poems(self, n=1, form=None, rhyme="pingshui", tones=False, acrostic="", **kw):
+        """``n`` poems (lists of lines): four lines each, or a classical ``form``
+        ('wujue', 'qijue', 'wulv', 'qilv') with rhyme and tones."""
+        from .generate import SampleConfig, poems
+        from .poetry import PoemConfig, write_poems
+        from .prosody import form_named
+        sc = SampleConfig(**kw)
+        if form is None:
+            return list(poems(self, n, self.config["data"].get("lines_per_poem", 4), sc,
+                              heads=acrostic or None))
+        return list(write_poems(self, PoemConfig(form_named(form), rhyme, tones, acrostic),
+                                n, sc))
+
+    def reconstruct(self, lines, **kw):
+        from .generate import SampleConfig, reconstruct
+        return reconstruct(self, list(lines), sc=SampleConfig(**kw))
+
+    def encode(self, lines):
+        """(mu, logvar), each (len(lines), latent), of the encoder q(z|x)."""
+        from .generate import encode
+        return encode(self, list(lines))
+
+    def interpolate(self, a, b, steps=8, how="linear", **kw):
+        from .generate import SampleConfig, interpolate
+        return interpolate(self, a, b, steps, how, sc=SampleConfig(**kw))
+
+    def complete(self, patterns, **kw):
+        """Fill the '_' of each pattern, e.g. '白日__尽'."""
+        from .generate import SampleConfig, complete
+        return complete(self, [patterns] if isinstance(patterns, str) else list(patterns),
+                        SampleConfig(**kw))
+
 
 def open_run_folder(out):
     """Create a new, empty run folder, or say in one line why it cannot be one."""
@@ -68,12 +109,32 @@ def save_run(out, tc, mc, tok, corpus):
     """The files a run needs before its first step; ``load_run`` reads them back."""
     from dataclasses import asdict
     tok.save(Path(out) / TOKENIZER)
+    train = asdict(tc)
+    for key in PATHS:
+        train[key] = _portable(train[key], out)
     write_json(Path(out) / CONFIG, {
-        "model": mc.to_dict(), "train": asdict(tc),
+        "model": mc.to_dict(), "train": train,
         "data": {"corpus": corpus.name, "max_len": corpus.max_len,
                  "counts": {s: len(v) for s, v in corpus.splits.items()},
                  "skipped": corpus.skipped, "form": corpus.form().to_dict(),
                  "lines_per_poem": 1 if corpus.name.startswith("quatrain") else 4}})
+
+
+# Paths in config.json are stored relative to the run folder, so a project folder can
+# move or be shared with its data and runs; they are made absolute again on reading.
+PATHS = ("corpus", "data_dir")
+
+
+def _portable(path, run_dir):
+    p = Path(path)
+    if not p.is_absolute() or not p.exists():
+        return path  # a recipe name such as 'tang5', or already relative
+    return os.path.relpath(p, Path(run_dir).resolve())
+
+
+def _absolute(path, run_dir):
+    p = Path(run_dir) / path
+    return str(p.resolve()) if not Path(path).is_absolute() and p.exists() else path
 
 
 def read_saved_config(run_dir):
@@ -81,6 +142,9 @@ def read_saved_config(run_dir):
     for section in ("model", "train", "data"):
         if section not in config:
             raise UserError(f"{Path(run_dir) / CONFIG} lacks its {section!r} section")
+    for key in PATHS:
+        if key in config["train"]:
+            config["train"][key] = _absolute(config["train"][key], run_dir)
     return config
 
 

@@ -142,7 +142,8 @@ def validate(model, idx, beta, lengths, batch_size=1024):
 
 def start_run(tc: TrainConfig, mc: VAEConfig, log=print):
     """A new run: corpus, tokenizer fitted on its training split, run folder written."""
-    # Absolute paths in config.json, so --resume and evaluate work from any directory.
+    # Absolute here, so --resume and evaluate work from any directory; config.json stores
+    # them relative to the run folder (run.py, PATHS).
     if Path(tc.corpus).exists():
         tc.corpus = str(Path(tc.corpus).resolve())
     tc.data_dir = str(Path(tc.data_dir).resolve())
