@@ -126,15 +126,20 @@ PATHS = ("corpus", "data_dir")
 
 
 def _portable(path, run_dir):
-    p = Path(path)
-    if not p.is_absolute() or not p.exists():
-        return path  # a recipe name such as 'tang5', or already relative
-    return os.path.relpath(p, Path(run_dir).resolve())
+    """An absolute path relative to the run folder; anything else (a recipe name such as
+    'tang5', a path already relative) as it is."""
+    if not Path(path).is_absolute():
+        return path
+    return os.path.relpath(path, Path(run_dir).resolve())
 
 
-def _absolute(path, run_dir):
+def _absolute(key, path, run_dir):
+    """Back from config.json: data_dir is always a folder path; a corpus is a path only
+    where one exists (else it is a recipe name)."""
     p = Path(run_dir) / path
-    return str(p.resolve()) if not Path(path).is_absolute() and p.exists() else path
+    if Path(path).is_absolute() or (key == "corpus" and not p.exists()):
+        return path
+    return str(p.resolve())
 
 
 def read_saved_config(run_dir):
@@ -144,7 +149,7 @@ def read_saved_config(run_dir):
             raise UserError(f"{Path(run_dir) / CONFIG} lacks its {section!r} section")
     for key in PATHS:
         if key in config["train"]:
-            config["train"][key] = _absolute(config["train"][key], run_dir)
+            config["train"][key] = _absolute(key, config["train"][key], run_dir)
     return config
 
 
