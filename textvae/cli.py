@@ -121,48 +121,41 @@ def _lines_arg(values, file):
     return lines
 
 
-def generate_parser():
-    """generate.py's flags: one subcommand each for sample (the default), interpolate,
-    reconstruct, encode, complete and evaluate."""
-    p = Parser(
-        prog="generate.py",
-        description="Use a trained run: write poems (default), interpolate, reconstruct, "
-                    "encode, complete lines, or evaluate.")
-    sub = p.add_subparsers(dest="command")
+def _common(sp):
+    sp.add_argument("--run", default=DEFAULT_RUN, help="run folder made by train.py")
+    sp.add_argument("--format", choices=("text", "json"), default="text")
+    sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    return sp
 
-    def common(sp):
-        sp.add_argument("--run", default=DEFAULT_RUN, help="run folder made by train.py")
-        sp.add_argument("--format", choices=("text", "json"), default="text")
-        sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
-        return sp
 
-    def sampling(sp):
-        d = SampleConfig()
-        sp.add_argument("--seed", type=int, default=d.seed,
-                        help="same seed, same output; another seed, independent output")
-        sp.add_argument("--temperature", type=float, default=d.temperature,
-                        help="softmax temperature of --top-k sampling (> 0)")
-        sp.add_argument("--top-k", type=int, default=d.top_k,
-                        help="0: greedy per position; k: sample among the k most likely")
-        sp.add_argument("--noise", type=float, default=d.noise,
-                        help="how loosely the refiner reads z, 0 (exactly) to 1 (not at "
-                             f"all) (default: {d.noise})")
-        sp.add_argument("--keep", type=float, default=d.keep,
-                        help="draft characters at least this likely are kept as they are "
-                             f"(default: {d.keep})")
-        sp.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty,
-                        help="nats taken from a character where a neighbour has it "
-                             f"(default: {d.repeat_penalty})")
+def _sampling(sp):
+    d = SampleConfig()
+    sp.add_argument("--seed", type=int, default=d.seed,
+                    help="same seed, same output; another seed, independent output")
+    sp.add_argument("--temperature", type=float, default=d.temperature,
+                    help="softmax temperature of --top-k sampling (> 0)")
+    sp.add_argument("--top-k", type=int, default=d.top_k,
+                    help="0: greedy per position; k: sample among the k most likely")
+    sp.add_argument("--noise", type=float, default=d.noise,
+                    help="how loosely the refiner reads z, 0 (exactly) to 1 (not at "
+                         f"all) (default: {d.noise})")
+    sp.add_argument("--keep", type=float, default=d.keep,
+                    help="draft characters at least this likely are kept as they are "
+                         f"(default: {d.keep})")
+    sp.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty,
+                    help="nats taken from a character where a neighbour has it "
+                         f"(default: {d.repeat_penalty})")
 
-    def fitting(sp):
-        sp.add_argument("--fit-steps", type=int, default=SampleConfig().fit_steps,
-                        help="gradient steps fitting each given line's z, so the line "
-                             "comes back exactly; 0: the encoder's mu as it is "
-                             f"(default: {SampleConfig().fit_steps})")
 
-    s = common(sub.add_parser("sample", help="poems from z ~ N(0, I) (the default)"))
-    p.default_command = s  # its options are listed by a bare --help too
-    sampling(s)
+def _fitting(sp):
+    steps = SampleConfig().fit_steps
+    sp.add_argument("--fit-steps", type=int, default=steps,
+                    help="gradient steps fitting each given line's z, so the line comes "
+                         f"back exactly; 0: the encoder's mu as it is (default: {steps})")
+
+
+def _sample_flags(s):
+    """The default command's own flags: how many poems, and their form."""
     s.add_argument("--num", type=int, default=4, help="how many poems")
     s.add_argument("--lines", type=int, default=0,
                    help="lines per poem (default: 4 for line corpora, 1 for whole poems)")
@@ -179,28 +172,43 @@ def generate_parser():
     s.add_argument("--coherence", type=float, default=PoemConfig.rho,
                    help="with --form: share of its latent a line takes from the line "
                         f"before, 0 to <1 (default: {PoemConfig.rho})")
-    s = common(sub.add_parser("interpolate", help="walk the latent path between two lines"))
+
+
+def generate_parser():
+    """generate.py's flags: one subcommand each for sample (the default), interpolate,
+    reconstruct, encode, complete and evaluate."""
+    p = Parser(
+        prog="generate.py",
+        description="Use a trained run: write poems (default), interpolate, reconstruct, "
+                    "encode, complete lines, or evaluate.")
+    sub = p.add_subparsers(dest="command")
+    s = _common(sub.add_parser("sample", help="poems from z ~ N(0, I) (the default)"))
+    p.default_command = s  # its options are listed by a bare --help too
+    _sampling(s)
+    _sample_flags(s)
+    s = _common(sub.add_parser("interpolate", help="walk the latent path between two lines"))
     s.add_argument("line_a")
     s.add_argument("line_b")
     s.add_argument("--steps", type=int, default=8, help="points on the path, ends included")
     s.add_argument("--how", choices=("linear", "spherical", "both"), default="both")
-    sampling(s)
-    fitting(s)
+    _sampling(s)
+    _fitting(s)
     s.add_argument("--allow-unk", action="store_true",
                    help="map characters outside the vocabulary to <unk> instead of failing")
     for name, what in (("encode", "print mu (and logvar) of each line as JSON"),
                        ("reconstruct", "write each line back from its (fitted) z")):
-        s = common(sub.add_parser(name, help=what))
+        s = _common(sub.add_parser(name, help=what))
         s.add_argument("lines", nargs="*")
         s.add_argument("--file", help="a UTF-8 file of lines")
         s.add_argument("--allow-unk", action="store_true",
                        help="map characters outside the vocabulary to <unk> instead of failing")
-    fitting(s)  # reconstruct's parser
-    s = common(sub.add_parser("complete", help="fill the _ of a line, e.g. 白日__尽"))
-    sampling(s)
+        if name == "reconstruct":
+            _fitting(s)
+    s = _common(sub.add_parser("complete", help="fill the _ of a line, e.g. 白日__尽"))
+    _sampling(s)
     s.add_argument("patterns", nargs="+")
     s.add_argument("--candidates", type=int, default=256, help="z drawn to fit the pattern")
-    s = common(sub.add_parser("evaluate", help="likelihood, latent use, samples (eval.json)"))
+    s = _common(sub.add_parser("evaluate", help="likelihood, latent use, samples (eval.json)"))
     s.add_argument("--split", choices=("test", "valid", "train"), default="test")
     s.add_argument("--iw-samples", type=int, default=500, help="k of the IW-NLL (0 skips)")
     s.add_argument("--num-samples", type=int, default=1000, help="prior samples judged")
