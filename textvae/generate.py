@@ -355,8 +355,8 @@ def complete(run, patterns, sc: SampleConfig = SampleConfig(), candidates=256, b
     """Fill the ``blank`` positions of each pattern (e.g. '白日__尽'); given characters stay.
 
     For each pattern, draws ``candidates`` z from the prior, keeps the one under which the
-    heads find the given characters most likely, and writes the blanks from it with the
-    refiner, which sees the given characters. Acrostics are completions of '春____'.
+    heads find the given characters most likely (``pick_z``), and writes the blanks from
+    it with the refiner, which sees the given characters. Acrostics are completions of '春____'.
     """
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -365,14 +365,35 @@ def complete(run, patterns, sc: SampleConfig = SampleConfig(), candidates=256, b
     given = torch.tensor([_pattern_ids(run, p, blank) for p in patterns])      # (P, L)
     gen = gen or torch.Generator().manual_seed(sc.seed)
     z = prior_z(run, len(patterns) * candidates, gen).view(len(patterns), candidates, -1)
-    best = []
-    for g, zc in zip(given, z):
-        logp = torch.log_softmax(run.model.decode(zc.to(_device(run))).float().cpu(), -1)
-        known = g >= 0
-        score = logp[:, known.nonzero().squeeze(1), g[known]].sum(-1)           # (C,)
-        best.append(zc[int(score.argmax())])
-    ids = write_lines(run, torch.stack(best), sc.noise, sc, given=given, gen=gen)
+    ids = write_lines(run, pick_z(run, z, given), sc.noise, sc, given=given, gen=gen)
     return texts(run, ids)
+
+
+@torch.no_grad()
+def pick_z(run, z, given, allowed=None, budget=2 ** 24):
+    """For each row of candidates z (P, C, D), the one under which the heads give the
+    most log-probability to the given characters (given (P, L), -1 = free) and, with
+    ``allowed`` (P, L, V), to the allowed set of every free position. Rows are scored a
+    few at a time, so the (rows, C, L, V) log-probabilities stay within ``budget`` floats."""
+    P, C = z.shape[:2]
+    step = max(1, budget // (C * run.max_len * len(run.tokenizer.chars)))
+    best = []
+    for s in range(0, P, step):
+        rows = slice(s, s + step)
+        score = _scores(run, z[rows], given[rows], None if allowed is None else allowed[rows])
+        best.append(z[rows][torch.arange(len(score)), score.argmax(1)])
+    return torch.cat(best)
+
+
+def _scores(run, z, given, allowed):
+    """(P, C) log-probabilities of ``pick_z`` for one chunk of rows."""
+    P, C = z.shape[:2]
+    logp = torch.log_softmax(run.model.decode(z.flatten(0, 1).to(_device(run))).float(), -1)
+    logp = logp.cpu().view(P, C, *logp.shape[1:])                               # (P, C, L, V)
+    hit = logp.gather(-1, given.clamp(min=0)[:, None, :, None].expand(P, C, -1, 1)).squeeze(-1)
+    free = torch.zeros_like(hit) if allowed is None else \
+        logp.masked_fill(~allowed.unsqueeze(1), float("-inf")).logsumexp(-1)   # (P, C, L)
+    return torch.where((given >= 0).unsqueeze(1), hit, free).sum(-1)
 
 
 def _device(run):

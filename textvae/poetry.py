@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .generate import SampleConfig, prior_z, texts, write_lines
+from .generate import SampleConfig, pick_z, prior_z, texts, write_lines
 from .prosody import PING, RHYMES, ZE, Form, key_positions, table, templates
 from .tokenizer import PAD
 
@@ -137,32 +137,14 @@ def _constrain(allowed, pc, vt, pattern, rhyming, group, used):
         allowed[j] = fresh if fresh.any() else allowed[j] if allowed[j].any() else True
 
 
-def _walk_step(run, z_prev, pc, allowed, given, gen, chunk=32):
+def _walk_step(run, z_prev, pc, allowed, given, gen):
     """The next z of each poem's walk: of ``pc.candidates`` steps, the one whose heads put
     the most log-probability on the allowed characters and the given ones."""
     P, C = allowed.shape[0], pc.candidates
     eps = prior_z(run, P * C, gen).view(P, C, -1)
     z = eps if z_prev is None else (pc.rho * z_prev.unsqueeze(1)
                                     + math.sqrt(1 - pc.rho ** 2) * eps)
-    if C == 1:
-        return z[:, 0]
-    best = [z[p:p + chunk][torch.arange(len(z[p:p + chunk])),
-                           _scores(run, z[p:p + chunk], allowed[p:p + chunk],
-                                   given[p:p + chunk]).argmax(1)]
-            for p in range(0, P, chunk)]  # chunks of poems bound the (n, C, L, V) memory
-    return torch.cat(best)
-
-
-def _scores(run, z, allowed, given):
-    """(P, C): log-probability the heads give, at each candidate z (P, C, D), to the
-    allowed set of every free position and to every given character."""
-    P, C = z.shape[:2]
-    device = next(run.model.parameters()).device
-    logp = torch.log_softmax(run.model.decode(z.flatten(0, 1).to(device)).float(), -1).cpu()
-    logp = logp.view(P, C, *logp.shape[1:])                                     # (P, C, L, V)
-    mass = logp.masked_fill(~allowed.unsqueeze(1), float("-inf")).logsumexp(-1)  # (P, C, L)
-    hit = logp.gather(-1, given.clamp(min=0)[:, None, :, None].expand(P, C, -1, 1)).squeeze(-1)
-    return torch.where((given >= 0).unsqueeze(1), hit, mass).sum(-1)
+    return z[:, 0] if C == 1 else pick_z(run, z, given, allowed)
 
 
 def couplets(poem):
