@@ -128,13 +128,13 @@ def likelihood_and_reconstruction(run, idx, batch_size, gen, sc):
     model = run.model
     device = idx.device
     n_chars = int((idx != PAD).sum())
-    mus, logvars, rec, kl = [], [], 0.0, 0.0
+    mus, logvars, rec, kl = [], [], 0.0, torch.zeros(model.cfg.latent)
     hits, exact = {"mu": 0, "z": 0}, {"mu": 0, "z": 0}
     for batch in _batches(idx, batch_size):
         mu, logvar = model.encode(batch)
         z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen).to(device)
         rec -= float(log_px_given_z(model, z, batch).sum())
-        kl += float(gaussian_kl(mu, logvar).sum())
+        kl += gaussian_kl(mu.float(), logvar.float()).sum(0).cpu()   # per dimension
         mask = batch != PAD
         for kind, src in (("mu", mu), ("z", z)):
             guess = write_lines(run, src, 0.0, SampleConfig(keep=sc.keep)).to(device)
@@ -147,8 +147,9 @@ def likelihood_and_reconstruction(run, idx, batch_size, gen, sc):
     N = len(idx)
     mu_all = torch.cat(mus)
     return {"lines": N, "chars": n_chars,
-            "rec": rec / N, "kl": kl / N, "elbo_nll": (rec + kl) / N,
-            "elbo_nll_per_char": (rec + kl) / n_chars,
+            "rec": rec / N, "kl": float(kl.sum()) / N, "kl_per_dim": (kl / N).tolist(),
+            "elbo_nll": (rec + float(kl.sum())) / N,
+            "elbo_nll_per_char": (rec + float(kl.sum())) / n_chars,
             "mi": mutual_info(mu_all, torch.cat(logvars), gen) if N > 1 else 0.0,
             "mi_max": math.log(N),
             "au": active_units(mu_all), "latent": model.cfg.latent,

@@ -6,6 +6,7 @@
       model.safetensors    latest weights (safetensors: loading never runs code)
       checkpoints/         training state for --resume: step-XXXXXXXX.pt, last K kept
       metrics.jsonl        one record per evaluation
+      curves.png           reconstruction, KL, beta and -ELBO against step
       summary.json         final test figures
 
 Checkpoints hold plain tensors and numbers only and are read with
@@ -30,6 +31,7 @@ from .tokenizer import CharTokenizer
 
 CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.model", "model.safetensors"
 METRICS, SUMMARY, CKPT_DIR = "metrics.jsonl", "summary.json", "checkpoints"
+CURVES = "curves.png"
 
 
 @dataclass

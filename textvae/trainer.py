@@ -25,10 +25,10 @@ from .config import TrainConfig, flag
 from .data import load_corpus
 from .errors import UserError
 from .evaluate import active_units
-from .files import atomic_write_text
+from .files import atomic_write_bytes, atomic_write_text, read_json
 from .generate import SampleConfig, write_ids
 from .model import TextVAE, VAEConfig
-from .run import (CKPT_DIR, METRICS, SUMMARY, append_metrics, clean_temp_files,
+from .run import (CKPT_DIR, CURVES, METRICS, SUMMARY, append_metrics, clean_temp_files,
                   has_checkpoint, load_checkpoint, open_run_folder, read_metrics,
                   read_saved_config, save_checkpoint, save_run, save_weights)
 from .tokenizer import PAD, CharTokenizer
@@ -228,6 +228,7 @@ class Trainer:
         self.beta = KLSchedule(tc.kl_schedule, tc.beta_max, self.total, tc.kl_warmup,
                                tc.kl_cycles, tc.kl_ratio)
         self.step = self.epoch = self.batch_pos = 0
+        self.sums, self.n_sums = {}, 0  # training loss terms since the last record
         self.elapsed = 0.0  # training seconds before this process (resumed runs)
         self.corpus_line = (f"corpus {corpus.name}: {len(self.data)} train lines, length "
                             f"{corpus.max_len}, vocab {tok.vocab_size}")
@@ -319,6 +320,10 @@ class Trainer:
 
     def after_step(self, terms, bar, lines_per_s, stop):
         """Progress bar, validation record, checkpoint, and a requested stop."""
+        if terms is not None:  # summed on the device: no host sync until the record
+            for k in ("rec", "kl"):
+                self.sums[k] = self.sums.get(k, 0) + terms[k].detach().float()
+            self.n_sums += 1
         if self.step % 20 == 0 and terms is not None:
             bar.set_postfix(loss=f"{terms['loss'].item():.2f}", rec=f"{terms['rec'].item():.2f}",
                             kl=f"{terms['kl'].item():.2f}",
@@ -327,12 +332,7 @@ class Trainer:
                             refresh=False)
         last = self.step == self.total
         if self.step % self.tc.eval_every == 0 or last:
-            record = validate(self.model, self.valid, self.beta(self.step), self.lengths)
-            append_metrics(self.out, {"step": self.step, "epoch": self.epoch,
-                                      "beta": self.beta(self.step),
-                                      "lines_per_s": round(lines_per_s, 1),
-                                      "elapsed_s": round(self.seconds(), 1),
-                                      **{f"valid_{k}": v for k, v in record.items()}})
+            self.record(lines_per_s)
         if self.step % self.tc.ckpt_every == 0 or last:
             self.checkpoint()
         if stop.signal is not None:
@@ -340,6 +340,43 @@ class Trainer:
             print(f"\n{signal.Signals(stop.signal).name}: saved {path} at step {self.step}; "
                   f"continue with: python train.py --resume {self.out}", file=sys.stderr)
             sys.exit(INTERRUPTED)
+
+
+    def record(self, lines_per_s):
+        """Append a metrics.jsonl record (training means since the last one, validation
+        figures) and redraw curves.png from all records."""
+        train = {f"train_{k}": float(v) / max(self.n_sums, 1) for k, v in self.sums.items()}
+        if train:
+            train["train_nelbo"] = train["train_rec"] + train["train_kl"]
+        self.sums, self.n_sums = {}, 0
+        valid = validate(self.model, self.valid, self.beta(self.step), self.lengths)
+        append_metrics(self.out, {"step": self.step, "epoch": self.epoch,
+                                  "beta": self.beta(self.step),
+                                  "lines_per_s": round(lines_per_s, 1),
+                                  "elapsed_s": round(self.seconds(), 1), **train,
+                                  **{f"valid_{k}": v for k, v in valid.items()}})
+        write_curves(self.out, self.beta, self.log)
+
+
+def write_curves(out, beta, log=print):
+    """curves.png from metrics.jsonl (and summary.json once there is one), with the KL
+    weight ``beta`` (step -> weight). A picture that fails to draw is reported, never
+    allowed to stop a run."""
+    from .plots import curves
+    summary = read_json(Path(out) / SUMMARY) if (Path(out) / SUMMARY).exists() else None
+    try:
+        atomic_write_bytes(Path(out) / CURVES, curves(read_metrics(out), beta, summary,
+                                                      title=Path(out).name))
+    except Exception as e:  # noqa: BLE001 - any plotting failure; the run goes on
+        log(f"warning: could not draw {Path(out) / CURVES}: {type(e).__name__}: {e}")
+
+
+def schedule_of(config):
+    """The KL schedule of a saved run (config.json), as its trainer built it."""
+    tc = TrainConfig(**config["train"])
+    total = tc.total_steps(math.ceil(config["data"]["counts"]["train"] / tc.batch_size))
+    return KLSchedule(tc.kl_schedule, tc.beta_max, total, tc.kl_warmup, tc.kl_cycles,
+                      tc.kl_ratio)
 
 
 def finish(out, log=print):
@@ -364,5 +401,6 @@ def finish(out, log=print):
     summary = {**res, "steps": hist[-1]["step"] if hist else None,
                "train_s": hist[-1]["elapsed_s"] if hist else None}
     write_json(Path(out) / SUMMARY, summary)
+    write_curves(out, schedule_of(config), log)  # now with the test IW-NLL
     log(format_table(res))
     return summary
