@@ -16,6 +16,8 @@ The checker below is independent of the generator: it reads the 平水韵 table
   tones   each line's 2nd, 4th, (6th) and last characters follow the form's template
           (仄起 or 平起, whichever fits the poem better); a character with readings of
           both tones fits either; poems = every line fits, lines = share of lines
+  faults  share of lines free of 孤平 and 三平尾 (``fault``), the faults of a 平-ending
+          line that the key positions alone let through
 Fluency: the KN trigram judge fitted on the run's training split, bits per character
 (for real poems, over their lines outside that split).
 Coherence: the share of a line's characters that the line before also has.
@@ -82,6 +84,19 @@ def tone_verdict(clauses, form, tab):
     return best == form.lines, best / form.lines
 
 
+def fault(line, tab):
+    """'三平尾' or '孤平' for a 平-ending line that has one, else None. Readings are
+    counted leniently: a character read either way (or missing from the table) counts
+    as 平 for 孤平, and only characters read 平 alone make a 三平尾."""
+    ping = [PING in tab.tones(c) or not tab.tones(c) for c in line]
+    if not ping[-1]:
+        return None
+    if all(tab.tones(c) == {PING} for c in line[-3:]):
+        return "三平尾"
+    inner = [i for i, p in enumerate(ping[:-1]) if p]
+    return "孤平" if len(inner) == 1 and inner[0] < len(line) - 2 else None
+
+
 def rhymes(clauses, tab):
     groups = None
     for c in clauses[1::2]:
@@ -99,6 +114,8 @@ def check(texts, form, tab):
             "rhyme": sum(rhymes(c, tab) for c in ok) / n,
             "tone_poems": sum(t[0] for t in tones) / n,
             "tone_lines": sum(t[1] for t in tones) / n,
+            "faultless": sum(fault(c, tab) is None for p in ok for c in p) / max(
+                sum(len(p) for p in ok), 1),
             "overlap": overlap(ok), "clauses": ok}
 
 
@@ -168,7 +185,8 @@ def main(argv=None):
 
 
 def print_table(rows):
-    cols = ["form", "rhyme", "tone_poems", "tone_lines", "kn_bits", "overlap", "acrostic"]
+    cols = ["form", "rhyme", "tone_poems", "tone_lines", "faultless", "kn_bits", "overlap",
+            "acrostic"]
     print(f"\n| form | system | {' | '.join(cols)} |")
     print("|" + "---|" * (len(cols) + 2))
     for name, sys_name, r in rows:

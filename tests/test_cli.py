@@ -157,6 +157,12 @@ def test_existing_run_folder_is_not_overwritten(cli_run, tmp_path):
     (["sample", "--temperature", "0"], "--temperature"),
     (["sample", "--top-k", "-2"], "--top-k"),
     (["sample", "--num", "0"], "--num"),
+    (["sample", "--keywords", "月秋"], "--keywords"),
+    (["sample", "--theme-weight", "2"], "--theme-weight"),
+    (["shift", "白日依山尽", "--toward", "龙"], "no training line"),
+    (["similar", "白日依山尽", "--k", "0"], "--k"),
+    (["map", "--out", "/nonexistent/dir/map.png"], "does not exist"),
+    (["serve", "--port", "0"], "--port"),
 ])
 def test_generate_bad_inputs(cli_run, args, fragment):
     before = snapshot(cli_run)

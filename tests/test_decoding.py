@@ -61,8 +61,8 @@ def test_different_seeds_draw_independent_latents(overfit_run, monkeypatch):
     drawn = {}
     real = generate.prior_z
 
-    def recording(run, n, gen):
-        z = real(run, n, gen)
+    def recording(run, n, gen, sc=None):
+        z = real(run, n, gen, sc)
         drawn.setdefault(seed, []).append(z)
         return z
     monkeypatch.setattr(generate, "prior_z", recording)
@@ -94,3 +94,14 @@ def test_fitting_z_brings_back_lines_the_encoder_places_badly(overfit_run):
     assert len(set(blind)) == 1
     fitted = generate.reconstruct(run, POEM_LINES, sc=SampleConfig(fit_steps=100))
     assert sum(a == b for a, b in zip(fitted, POEM_LINES)) >= 6, fitted
+
+
+def test_repeat_penalty_covers_the_whole_line_but_not_padding():
+    from textvae.generate import _penalise_repeats
+    from textvae.tokenizer import PAD
+    ids = torch.tensor([[5, -1, 7, PAD, PAD]])
+    out = _penalise_repeats(torch.zeros(1, 5, 10), ids, 1.0)
+    assert out[0, 1, 5] == -1 and out[0, 1, 7] == -1       # held two and one positions away
+    assert out[0, 0, 7] == -1 and out[0, 0, 5] == 0        # a position does not count itself
+    assert out[0, 3, PAD] == 0                              # a short line's end stays free
+    assert out[0, 1].sum() == -2

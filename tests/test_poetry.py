@@ -3,11 +3,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.poetry import heads_ok, parse, rhymes, tone_verdict
+from bench.poetry import fault, heads_ok, parse, rhymes, tone_verdict
 from textvae.errors import UserError
 from textvae.generate import acrostic_patterns
 from textvae.poetry import PoemConfig, couplets, write_poems
-from textvae.prosody import FORMS, PING, ZE, table, templates, xinyun_group
+from textvae.prosody import FORMS, PING, ZE, faultless, table, templates, xinyun_group
 
 from .conftest import run_cli
 
@@ -38,6 +38,22 @@ def test_xinyun_groups_follow_the_finals(syllable, group):
     assert xinyun_group(syllable) == group
 
 
+def test_faultless_positions_rule_out_gu_ping_and_san_ping_wei():
+    assert faultless("仄仄仄平平") == {2: ZE}          # 仄仄平平平 would be 三平尾
+    assert faultless("平平仄仄平") == {0: PING}        # 仄平仄仄平 would be 孤平
+    assert faultless("仄仄平平仄仄平") == {2: PING}
+    assert faultless("平平仄仄仄平平") == {4: ZE}
+    assert faultless("仄仄平平仄") == {}
+
+
+def test_the_fault_checker_finds_both_faults():
+    tab = table("pingshui")
+    assert fault("白日依山尽", tab) is None          # ends 仄: no rule applies
+    assert fault("黄河入海流", tab) is None
+    assert fault("白日开东流", tab) == "三平尾"       # 开东流 all 平
+    assert fault("月明落叶流", tab) == "孤平"         # 明 the one 平 before the rhyme
+
+
 def test_the_checker_passes_a_real_quatrain():
     tab, form = table("pingshui"), FORMS["wujue"]
     clauses = parse(DENG_GUAN_QUE_LOU, form)
@@ -55,6 +71,7 @@ def test_constrained_poems_keep_form_rhyme_tones_and_acrostic(overfit_run):
         assert clauses is not None, text
         assert rhymes(clauses, tab), text
         assert tone_verdict(clauses, form, tab)[0], text
+        assert all(fault(c, tab) is None for c in clauses), text
         assert heads_ok(text, form, "白黄欲更"), text
 
 
@@ -94,3 +111,15 @@ def test_cli_writes_forms_and_refuses_wrong_ones(overfit_run):
     bad = run_cli("generate.py", "--run", str(overfit_run.dir), "--form", "qilv")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_tones_hold_the_faultless_positions_too(overfit_run):
+    import torch
+    from textvae.poetry import VocabTones, _constrain
+    vt = VocabTones(overfit_run.tokenizer, "pingshui")
+    pc = PoemConfig(FORMS["wujue"], rhyme="off", tones=True)
+    V = len(overfit_run.tokenizer.chars)
+    for pattern, (pos, tone) in (("平平仄仄平", (0, PING)), ("仄仄仄平平", (2, ZE))):
+        allowed = torch.ones(5, V, dtype=torch.bool)
+        _constrain(allowed, pc, vt, pattern, False, None, torch.zeros(V, dtype=torch.bool))
+        assert not (allowed[pos] & ~vt.tone[tone]).any(), pattern

@@ -13,6 +13,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import torch
+
 from .config import PRESETS, configs
 from .errors import UserError
 from .generate import SampleConfig, poems
@@ -108,7 +110,8 @@ def train_main(argv):
 
 
 # ---------------------------------------------------------------------------------------
-COMMANDS = ("sample", "interpolate", "reconstruct", "encode", "complete", "evaluate")
+COMMANDS = ("sample", "interpolate", "reconstruct", "encode", "complete", "similar", "shift",
+            "map", "evaluate", "serve")
 
 
 def _lines_arg(values, file):
@@ -143,7 +146,7 @@ def _sampling(sp):
                     help="draft characters at least this likely are kept as they are "
                          f"(default: {d.keep})")
     sp.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty,
-                    help="nats taken from a character where a neighbour has it "
+                    help="nats taken from a character another position of the line has "
                          f"(default: {d.repeat_penalty})")
 
 
@@ -169,6 +172,14 @@ def _sample_flags(s):
     s.add_argument("--tones", action="store_true",
                    help="with --form: follow the form's 平仄 template (characters 2, 4, "
                         "6 and the last)")
+    s.add_argument("--theme", default="", help="a line: every z is drawn around its z, "
+                   "so the poems lean its way (e.g. 白日依山尽)")
+    s.add_argument("--theme-weight", type=float, default=SampleConfig.theme_weight,
+                   help="share of the theme in each z, 0 to 1 (default: "
+                        f"{SampleConfig.theme_weight})")
+    s.add_argument("--keywords", default="",
+                   help="characters separated by commas (月,秋): each line holds one, in "
+                        "turn (with --form: the first lines, one each)")
     s.add_argument("--coherence", type=float, default=PoemConfig.rho,
                    help="with --form: share of its latent a line takes from the line "
                         f"before, 0 to <1 (default: {PoemConfig.rho})")
@@ -208,12 +219,45 @@ def generate_parser():
     _sampling(s)
     s.add_argument("patterns", nargs="+")
     s.add_argument("--candidates", type=int, default=256, help="z drawn to fit the pattern")
+    _latent_commands(sub)
     s = _common(sub.add_parser("evaluate", help="likelihood, latent use, samples (eval.json)"))
     s.add_argument("--split", choices=("test", "valid", "train"), default="test")
     s.add_argument("--iw-samples", type=int, default=500, help="k of the IW-NLL (0 skips)")
     s.add_argument("--num-samples", type=int, default=1000, help="prior samples judged")
     s.add_argument("--max-lines", type=int, default=0, help="evaluate N random lines of the split (0: all)")
+    s.add_argument("--plot", action="store_true",
+                   help="also draw eval.png: KL per latent dimension, samples against real lines")
+    s = _common(sub.add_parser("serve", help="a local web page to play with the run"))
+    s.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default: 7860)")
     return p
+
+
+def _latent_commands(sub):
+    """similar, shift and map: the latent space itself."""
+    s = _common(sub.add_parser("similar", help="nearest training lines in the latent space"))
+    s.add_argument("lines", nargs="*")
+    s.add_argument("--file", help="a UTF-8 file of lines")
+    s.add_argument("--k", type=int, default=5, help="neighbours per line (default: 5)")
+    s = _common(sub.add_parser("shift", help="move a line along an attribute vector"))
+    s.add_argument("line")
+    s.add_argument("--toward", required=True,
+                   help="characters (training lines holding any of them, e.g. 秋) or a "
+                        "file of lines")
+    s.add_argument("--away", help="the same, for the other end (default: the training "
+                                  "lines without --toward's characters)")
+    s.add_argument("--steps", type=int, default=5, help="lines written, the line itself first")
+    s.add_argument("--scale", type=float, default=3.0,
+                   help="how far to go, in lengths of the vector (default: 3)")
+    _sampling(s)
+    _fitting(s)
+    s = _common(sub.add_parser("map", help="a PNG of test lines' latent means in 2-D"))
+    s.add_argument("--num", type=int, default=2000, help="lines drawn (default: 2000)")
+    s.add_argument("--colour", choices=("season", "tone"), default="season",
+                   help="season character in the line, or 平/仄 of its last character")
+    s.add_argument("--projection", choices=("pca", "umap"), default="pca",
+                   help="umap needs umap-learn installed")
+    s.add_argument("--labels", type=int, default=12, help="lines written beside their points")
+    s.add_argument("--out", help="PNG path (default: RUN/map.png)")
 
 
 @cli
@@ -239,6 +283,11 @@ def generate_main(argv):
         return _sample(run, args)
     if args.command == "evaluate":
         return _evaluate(run, args)
+    if args.command == "map":
+        return _map(run, args)
+    if args.command == "serve":
+        from .web import serve
+        return serve(run, args.port)
     out, text = _use(run, args)
     if args.format == "json":
         print(json.dumps(out, ensure_ascii=False, indent=None if args.command == "encode"
@@ -276,12 +325,42 @@ def _use(run, args):
                for pat, line in zip(args.patterns, complete(run, args.patterns, sc,
                                                             args.candidates))]
         text = "\n".join(f"{o['pattern']}\t{o['line']}" for o in out)
+    else:
+        out, text = _use_latent(run, args)
     return out, text
 
 
+def _use_latent(run, args):
+    """similar or shift: (JSON-able result, text)."""
+    from .latent import attribute, shift, similar
+    if args.command == "similar":
+        lines = _lines_arg(args.lines, args.file)
+        near = similar(run, lines, args.k)
+        out = [{"line": a, "similar": [{"line": b, "distance": d} for b, d in n]}
+               for a, n in zip(lines, near)]
+        return out, "\n".join(f"{a}\t" + "  ".join(f"{b} {d:.2f}" for b, d in n)
+                              for a, n in zip(lines, near))
+    vector = attribute(run, args.toward, args.away)
+    out = shift(run, args.line, vector, args.steps, args.scale, _sample_config(args))
+    return out, "\n".join(f"{t:.2f}  {line}" for t, line in
+                          zip(torch.linspace(0, args.scale, args.steps).tolist(), out))
+
+
+def _map(run, args):
+    from .files import atomic_write_bytes
+    from .latent import map_png
+    path = Path(args.out or Path(args.run) / "map.png")
+    if path.parent and not path.parent.is_dir():
+        raise UserError(f"--out: folder {path.parent} does not exist")
+    atomic_write_bytes(path, map_png(run, args.num, args.colour, args.projection, args.labels))
+    print(path)
+    return 0
+
+
 def _sample_config(args):
-    return SampleConfig(args.temperature, args.top_k, args.seed, args.noise, args.keep,
-                        args.repeat_penalty, getattr(args, "fit_steps", 0))
+    """The SampleConfig of whichever of its fields this command has flags for."""
+    names = {f.name for f in fields(SampleConfig)}
+    return SampleConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def _sample(run, args):
@@ -324,6 +403,12 @@ def _evaluate(run, args):
                          n_samples=args.num_samples, progress=progress)
     bar.close()
     write_json(Path(args.run) / "eval.json", res)
+    if args.plot:
+        from .files import atomic_write_bytes
+        from .plots import evaluation
+        atomic_write_bytes(Path(args.run) / "eval.png",
+                           evaluation(res, f"{Path(args.run).name}, {args.split} split"))
+        print(f"(plot in {Path(args.run) / 'eval.png'})", file=sys.stderr)
     print(json.dumps(res, indent=2) if args.format == "json" else format_table(res))
     print(f"(written to {Path(args.run) / 'eval.json'})", file=sys.stderr)
     return 0

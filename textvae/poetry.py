@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .generate import SampleConfig, pick_z, prior_z, texts, write_lines
-from .prosody import PING, RHYMES, ZE, Form, key_positions, table, templates
+from .generate import (SampleConfig, keyword_ids, pick_z, place_keywords, prior_z, texts,
+                       write_lines)
+from .prosody import PING, RHYMES, ZE, Form, faultless, key_positions, table, templates
 from .tokenizer import PAD
 
 
@@ -80,6 +81,9 @@ def _check_run(run, form):
 def write_poems(run, pc: PoemConfig, n, sc: SampleConfig = SampleConfig(), batch=256):
     """Yield ``n`` poems (lists of lines) of form ``pc.form``, ``batch`` at a time."""
     _check_run(run, pc.form)
+    if len(sc.keyword_list()) > pc.form.lines:
+        raise UserError(f"--keywords: at most one per line, {pc.form.lines} for "
+                        f"{pc.form.name}; got {len(sc.keyword_list())}")
     vt = VocabTones(run.tokenizer, pc.rhyme if pc.rhyme != "off" else "pingshui") \
         if pc.tones or pc.rhyme != "off" else None
     gen = torch.Generator().manual_seed(sc.seed)
@@ -94,6 +98,9 @@ def _batch(run, pc, vt, P, sc, gen):
     rhyme = [None] * P                 # each poem's rhyme group, once chosen
     used = torch.zeros(P, V, dtype=torch.bool)  # characters the poem already has
     z_prev, lines = None, [[] for _ in range(P)]
+    # Keywords go to the first lines, one each: a keyword used twice would break the
+    # poem's rule of no character used twice.
+    keywords = keyword_ids(run, sc, form.lines, cycle=False) if sc.keywords else None
     for i in range(form.lines):
         allowed = _line_length(run, form.chars).repeat(P, 1, 1)
         for p in range(P):
@@ -101,7 +108,8 @@ def _batch(run, pc, vt, P, sc, gen):
         given = torch.full((P, L), -1, dtype=torch.long)
         if pc.acrostic:
             given[:, 0] = run.tokenizer.encode(pc.acrostic[i], allow_unk=False)[0]
-        z = _walk_step(run, z_prev, pc, allowed, given, gen)
+        kw = keywords[i].expand(P) if keywords is not None else None
+        z, given = _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw)
         ids = write_lines(run, z, sc.noise, sc, given=given, gen=gen, allowed=allowed)
         for p, (row, text) in enumerate(zip(ids.tolist(), texts(run, ids))):
             lines[p].append(text)
@@ -130,6 +138,8 @@ def _constrain(allowed, pc, vt, pattern, rhyming, group, used):
     if pc.tones:
         for j in key_positions(L):
             allowed[j] &= vt.tone[pattern[j]]
+        for j, tone in faultless(pattern).items():  # no 孤平, no 三平尾
+            allowed[j] &= vt.tone[tone]
     if rhyming and pc.rhyme != "off":
         allowed[L - 1] &= vt.group[group] if group in vt.group else vt.rhymes
     for j in range(L):
@@ -137,14 +147,18 @@ def _constrain(allowed, pc, vt, pattern, rhyming, group, used):
         allowed[j] = fresh if fresh.any() else allowed[j] if allowed[j].any() else True
 
 
-def _walk_step(run, z_prev, pc, allowed, given, gen):
+def _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw=None):
     """The next z of each poem's walk: of ``pc.candidates`` steps, the one whose heads put
-    the most log-probability on the allowed characters and the given ones."""
+    the most log-probability on the allowed characters and the given ones, which
+    include each poem's keyword ``kw`` (P,), if any, where the steps favour it.
+    Returns (z, given)."""
     P, C = allowed.shape[0], pc.candidates
-    eps = prior_z(run, P * C, gen).view(P, C, -1)
+    eps = prior_z(run, P * C, gen, sc).view(P, C, -1)  # around the theme, if any
     z = eps if z_prev is None else (pc.rho * z_prev.unsqueeze(1)
                                     + math.sqrt(1 - pc.rho ** 2) * eps)
-    return z[:, 0] if C == 1 else pick_z(run, z, given, allowed)
+    if kw is not None:
+        given = place_keywords(run, z, given, kw, allowed)
+    return (z[:, 0] if C == 1 else pick_z(run, z, given, allowed)), given
 
 
 def couplets(poem):

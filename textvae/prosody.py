@@ -93,6 +93,18 @@ def key_positions(chars):
     return sorted({1, 3, chars - 1} | ({5} if chars == 7 else set()))
 
 
+def faultless(pattern):
+    """{position: tone} that a line of ``pattern`` must also hold, beyond key_positions,
+    to avoid the two faults of a 平-ending line that 一三五不论 would let through:
+    三平尾, its last three characters all 平 (in 仄仄仄平平, the third from last stays
+    仄), and 孤平, one lone 平 besides the rhyme (in 平平仄仄平 / 仄仄平平仄仄平, the
+    fifth from last stays 平)."""
+    L = len(pattern)
+    if pattern[-1] != PING:
+        return {}
+    return {L - 3: ZE} if pattern[-2] == PING else {L - 5: PING}
+
+
 # ---------------------------------------------------------------------------------------
 # Rhyme tables: character -> readings (tone, group)
 
