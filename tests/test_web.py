@@ -1,0 +1,146 @@
+"""The web page (`generate.py serve`), clicked through in a real headless Chromium.
+
+Needs gradio, playwright (the Python package; its own browser download is not used) and
+a Chromium executable (Debian's `chromium` package, or $TEXTVAE_CHROMIUM). Without
+them the test is skipped, unless TEXTVAE_REQUIRE_BROWSER=1 (as .ci/run sets), where a
+missing piece is a failure, so CI cannot pass by skipping.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from .conftest import ROOT
+
+REQUIRED = os.environ.get("TEXTVAE_REQUIRE_BROWSER") == "1"
+
+
+def _missing():
+    for module in ("gradio", "playwright"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed (pip install '.[web,test]')"
+    if not chromium():
+        return "no Chromium executable (apt-get install chromium, or set TEXTVAE_CHROMIUM)"
+    return None
+
+
+def chromium():
+    return os.environ.get("TEXTVAE_CHROMIUM") or shutil.which("chromium") or \
+        shutil.which("chromium-browser")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(overfit_run):
+    why = _missing()
+    if why:
+        if REQUIRED:
+            pytest.fail(why)
+        pytest.skip(why)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "serve", "--run",
+                             str(overfit_run.dir), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _wait_for(url, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"server did not answer on {url} within {timeout} s")
+
+
+def _value(page, elem_id):
+    """The text of a Gradio textbox, once it has some (handlers run asynchronously)."""
+    page.wait_for_function(
+        f"document.querySelector('#{elem_id} textarea, #{elem_id} input').value.length > 0",
+        timeout=60_000)
+    return page.input_value(f"#{elem_id} textarea, #{elem_id} input")
+
+
+def test_page_in_a_real_browser(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), headless=True)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.goto(server)
+
+        # Write: two poems of four five-character lines.
+        page.click("#write-btn")
+        poems = _value(page, "poems").split("\n\n")
+        assert len(poems) == 2 and all(len(p.split("\n")) == 4 for p in poems), poems
+        assert all(len(line) == 5 for p in poems for line in p.split("\n"))
+
+        # Interpolate: the typed lines (memorised by the fixture run) are the ends, and
+        # the slider walks the path.
+        page.get_by_role("tab", name="Interpolate").click()
+        page.click("#interp-btn")
+        path = [row.split()[1] for row in _value(page, "path").split("\n")]
+        assert path[0] == "白日依山尽" and path[-1] == "床前明月光", path
+        assert _value(page, "here") == "白日依山尽"
+        page.fill("#walk input[type=number]", str(len(path) - 1))
+        page.press("#walk input[type=number]", "Enter")
+        page.wait_for_function("document.querySelector('#here textarea, #here input')"
+                               ".value === '床前明月光'", timeout=30_000)
+
+        # Complete: the given characters stay.
+        page.get_by_role("tab", name="Complete").click()
+        page.click("#complete-btn")
+        filled = _value(page, "completions").split("\n")
+        assert filled and all(s[:2] == "白日" and s[4] == "尽" for s in filled), filled
+
+        # A bad input gets one readable message, and the server keeps serving.
+        page.fill("#pattern textarea, #pattern input", "ABCDE")
+        page.click("#complete-btn")
+        toast = page.locator(".toast-body").first
+        toast.wait_for(timeout=30_000)
+        assert "outside the model's vocabulary" in toast.inner_text()
+        assert "Traceback" not in page.content()
+        page.fill("#pattern textarea, #pattern input", "春眠__晓")
+        page.click("#complete-btn")
+        page.wait_for_function("document.querySelector('#completions textarea')"
+                               ".value.startsWith('春眠')", timeout=60_000)
+
+        # Similar: the reconstruction and the nearest training lines.
+        page.get_by_role("tab", name="Similar").click()
+        page.click("#similar-btn")
+        near = _value(page, "similar")
+        assert near.startswith("reconstructed: 白日依山尽") and "0.00  白日依山尽" in near
+
+        # Map: a picture appears.
+        page.get_by_role("tab", name="Map").click()
+        page.click("#map-btn")
+        page.locator("#map img").wait_for(timeout=60_000)
+
+        shot = tmp_path / "web.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
