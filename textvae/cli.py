@@ -86,6 +86,7 @@ def _add_fields(parser, cls, skip=()):
 def train_main(argv):
     from .config import TrainConfig
     from .model import VAEConfig
+    from .distributed import Group
     from .trainer import finish, train
     p = Parser(
         prog="train.py", description="Train a text VAE and save a self-contained run folder.")
@@ -104,6 +105,8 @@ def train_main(argv):
         tc.out = f"runs/{Path(tc.corpus).stem}-{args['preset']}"  # keep baselines apart
     given.pop("resume", None), given.pop("preset", None)
     out = train(tc, mc, resume=args["resume"], given=given)
+    if not Group().main:  # under torchrun, rank 0 evaluates and reports
+        return 0
     finish(out)
     print(f"\nrun saved in {out}; write poems with: python generate.py --run {out}")
     return 0

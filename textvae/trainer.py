@@ -8,6 +8,9 @@ saved in each checkpoint (weights, optimizer, step, epoch and batch position in 
 shuffled order, RNG state, training time so far), so ``--resume`` continues exactly
 where the run stopped: on the CPU with a fixed seed, a resumed run has the same losses
 as one that never stopped. SIGINT / SIGTERM save a checkpoint and exit with 130.
+
+Under torchrun (distributed.py) each process trains on its share of every global batch,
+DistributedDataParallel averages the gradients, and rank 0 alone writes the run folder.
 """
 import json
 import math
@@ -23,6 +26,7 @@ from tqdm import tqdm
 from .anneal import KLSchedule
 from .config import TrainConfig, flag
 from .data import load_corpus
+from .distributed import Group, shard
 from .errors import UserError
 from .evaluate import active_units
 from .files import atomic_write_bytes, atomic_write_text, read_json
@@ -94,9 +98,12 @@ class StopRequested:
         return self
 
     def handle(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C: stop now (checkpoints are atomic)
+        # A second Ctrl-C: stop now (checkpoints are atomic). Only the same signal again:
+        # torchrun passes a Ctrl-C on to its workers as SIGTERM, after the SIGINT the
+        # terminal already sent them.
+        if self.signal == signum:
             raise KeyboardInterrupt
-        self.signal = signum
+        self.signal = self.signal or signum
 
     def __exit__(self, *exc):
         for s, h in self.old.items():
@@ -157,9 +164,10 @@ def start_run(tc: TrainConfig, mc: VAEConfig, log=print):
     return out, tc, mc, tok, corpus
 
 
-def reopen_run(folder, given, log=print):
+def reopen_run(folder, given, log=print, clean=True):
     """A run to resume: its saved settings, with the flags in ``given`` that may change
-    applied (RESUMABLE) and any other flag that differs refused in one line."""
+    applied (RESUMABLE) and any other flag that differs refused in one line. ``clean``:
+    remove the temporary files of cut-short writes (rank 0 only: the folder is its)."""
     out = Path(folder)
     saved = read_saved_config(out)
     for name, value in given.items():
@@ -171,7 +179,7 @@ def reopen_run(folder, given, log=print):
                                               if k in RESUMABLE}})
     mc = VAEConfig.from_dict(saved["model"])
     corpus = load_corpus(tc.corpus, tc.data_dir, mc.max_len, tc.skip_bad_lines)
-    removed = clean_temp_files(out)
+    removed = clean_temp_files(out) if clean else 0
     if removed:
         log(f"removed {removed} temporary file(s) left by an interrupted write")
     return out, tc, mc, CharTokenizer.load(out / "tokenizer.model"), corpus
@@ -192,19 +200,40 @@ def train(tc: TrainConfig, mc: VAEConfig, resume=None, given=None, log=print):
     # Set before torch starts its worker threads, which inherit the setting.
     torch.set_flush_denormal(True)
     torch.manual_seed(tc.seed)
-    if resume:
-        out, tc, mc, tok, corpus = reopen_run(resume, given or {}, log)
-    else:
-        out, tc, mc, tok, corpus = start_run(tc, mc, log)
-    for why, count in corpus.skipped.items():
-        if count:
-            log(f"skipped {count} lines of {corpus.name} ({why.replace('_', ' ')}; "
-                f"the model length is {corpus.max_len})")
-    trainer = Trainer(tc, TextVAE(mc), tok, corpus, out, log)
-    if resume:
-        trainer.restore()
-    trainer.run()
+    group = Group()
+    group.start(resolve_device(tc.device))
+    log = log if group.main else _quiet
+    try:
+        out, tc, mc, tok, corpus = open_on_every_rank(group, tc, mc, resume, given or {}, log)
+        for why, count in corpus.skipped.items():
+            if count:
+                log(f"skipped {count} lines of {corpus.name} ({why.replace('_', ' ')}; "
+                    f"the model length is {corpus.max_len})")
+        trainer = Trainer(tc, TextVAE(mc), tok, corpus, out, log, group)
+        if resume:
+            trainer.restore()
+        trainer.run()
+    finally:
+        group.stop()
     return out
+
+
+def open_on_every_rank(group, tc, mc, resume, given, log):
+    """Rank 0 creates (or checks and reopens) the run folder; the other ranks then read
+    the settings it saved, so every rank builds the same model from the same config."""
+    opened = {}
+
+    def on_rank0():
+        opened["run"] = reopen_run(resume, given, log) if resume else start_run(tc, mc, log)
+        return str(opened["run"][0])
+    out = group.first(on_rank0)
+    if not group.main:
+        opened["run"] = reopen_run(out, given if resume else {}, log, clean=False)
+    return opened["run"]
+
+
+def _quiet(*args, **kwargs):
+    pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,10 +242,17 @@ def train(tc: TrainConfig, mc: VAEConfig, resume=None, given=None, log=print):
 class Trainer:
     """One run's model, optimiser, data and schedules, and the loop over them."""
 
-    def __init__(self, tc, model, tok, corpus, out, log=print):
+    def __init__(self, tc, model, tok, corpus, out, log=print, group=None):
         self.tc, self.out, self.log = tc, Path(out), log
-        self.device = resolve_device(tc.device)
+        self.group = group or Group()
+        self.device = self.group.start(resolve_device(tc.device))
         self.model = model.to(self.device)
+        self.loss_of = self.model.loss
+        if self.group.active:  # same initial weights everywhere: DDP copies rank 0's
+            self.loss_of = torch.nn.parallel.DistributedDataParallel(
+                _Loss(self.model), device_ids=[self.device] if self.device.type == "cuda"
+                else None)
+            torch.manual_seed(_rank_seed(tc.seed, self.group.rank, 0))  # own dropout
         self.opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.bf16 = use_amp(tc.amp, self.device)
         self.data = torch.from_numpy(tok.encode_batch(corpus.train, corpus.max_len))
@@ -228,7 +264,8 @@ class Trainer:
         self.beta = KLSchedule(tc.kl_schedule, tc.beta_max, self.total, tc.kl_warmup,
                                tc.kl_cycles, tc.kl_ratio)
         self.step = self.epoch = self.batch_pos = 0
-        self.sums, self.n_sums = {}, 0  # training loss terms since the last record
+        self.sums, self.n_sums = torch.zeros(2, device=self.device), 0  # rec, kl since
+        # the last record, summed on the device: no host sync until the record
         self.elapsed = 0.0  # training seconds before this process (resumed runs)
         self.corpus_line = (f"corpus {corpus.name}: {len(self.data)} train lines, length "
                             f"{corpus.max_len}, vocab {tok.vocab_size}")
@@ -238,7 +275,8 @@ class Trainer:
         starts again from step 0 with its saved settings."""
         if not has_checkpoint(self.out):
             self.log(f"{self.out} has no checkpoint yet; starting it from step 0")
-            atomic_write_text(self.out / METRICS, "")
+            if self.group.main:
+                atomic_write_text(self.out / METRICS, "")
             return
         state, path = load_checkpoint(self.out)
         try:
@@ -252,6 +290,9 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
+        if not self.group.main:  # rank 0's RNG state is the one saved
+            torch.manual_seed(_rank_seed(self.tc.seed, self.group.rank, self.step))
+            return
         # Records written after that checkpoint belong to a course the resumed run
         # replays; drop them so metrics.jsonl has each step once.
         kept = [r for r in read_metrics(self.out) if r.get("step", 0) <= self.step]
@@ -260,6 +301,8 @@ class Trainer:
         self.log(f"resuming {self.out} from {path.name} (step {self.step})")
 
     def checkpoint(self):
+        if not self.group.main:
+            return None
         save_weights(self.out, self.model)
         state = {"model": self.model.state_dict(), "optim": self.opt.state_dict(),
                  "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
@@ -272,20 +315,21 @@ class Trainer:
         """Training seconds so far, across every resume."""
         return self.elapsed + time.time() - self.t0
 
-    def train_step(self, batch):
-        """One optimiser step; returns the loss terms (None if a non-finite step was skipped)."""
+    def train_step(self, batch, weight=1.0):
+        """One optimiser step; returns the loss terms (None if a non-finite step was skipped).
+        ``weight``: this rank's share of the global batch, times the number of ranks."""
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, self.total, self.tc.lr)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            terms = self.model.loss(batch, self.beta(self.step), self.tc.free_bits)
+            terms = self.loss_of(batch, self.beta(self.step), self.tc.free_bits)
         self.opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(terms["loss"]):
+        if self.group.any(not torch.isfinite(terms["loss"]), self.device):
             if self.tc.skip_nonfinite:
                 return None
             raise UserError(f"loss is {terms['loss'].item()} at step {self.step}; stopped, "
                             f"last good checkpoint kept in {self.out / CKPT_DIR} "
                             "(--skip-nonfinite skips such steps)")
-        terms["loss"].backward()
+        (terms["loss"] * weight).backward()
         if self.tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
         self.opt.step()
@@ -298,7 +342,8 @@ class Trainer:
                  f"{self.per_epoch})")
         self.model.train()
         bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step",
-                   dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+                   dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
+                   disable=not self.group.main)
         self.t0, seen = time.time(), 0
         with StopRequested() as stop:
             try:
@@ -306,10 +351,11 @@ class Trainer:
                     order = epoch_order(len(self.data), self.tc.seed, self.epoch)
                     while self.batch_pos < self.per_epoch and self.step < self.total:
                         b = self.batch_pos * self.tc.batch_size
-                        batch = self.data[order[b:b + self.tc.batch_size]].to(self.device)
-                        terms = self.train_step(batch)
+                        ids = order[b:b + self.tc.batch_size]       # the global batch
+                        mine, weight = shard(ids, self.group)
+                        terms = self.train_step(self.data[mine].to(self.device), weight)
                         self.step, self.batch_pos, seen = self.step + 1, self.batch_pos + 1, \
-                            seen + len(batch)
+                            seen + len(ids)
                         bar.update(1)
                         self.after_step(terms, bar, seen / (time.time() - self.t0), stop)
                     if self.batch_pos >= self.per_epoch:
@@ -320,9 +366,8 @@ class Trainer:
 
     def after_step(self, terms, bar, lines_per_s, stop):
         """Progress bar, validation record, checkpoint, and a requested stop."""
-        if terms is not None:  # summed on the device: no host sync until the record
-            for k in ("rec", "kl"):
-                self.sums[k] = self.sums.get(k, 0) + terms[k].detach().float()
+        if terms is not None:
+            self.sums += torch.stack([terms["rec"].detach().float(), terms["kl"].detach().float()])
             self.n_sums += 1
         if self.step % 20 == 0 and terms is not None:
             bar.set_postfix(loss=f"{terms['loss'].item():.2f}", rec=f"{terms['rec'].item():.2f}",
@@ -335,20 +380,25 @@ class Trainer:
             self.record(lines_per_s)
         if self.step % self.tc.ckpt_every == 0 or last:
             self.checkpoint()
-        if stop.signal is not None:
+        if self.group.any(stop.signal is not None, self.device):  # every rank stops here
             path = self.checkpoint()
-            print(f"\n{signal.Signals(stop.signal).name}: saved {path} at step {self.step}; "
-                  f"continue with: python train.py --resume {self.out}", file=sys.stderr)
+            if self.group.main:
+                print(f"\n{signal.Signals(stop.signal or signal.SIGTERM).name}: saved {path} "
+                      f"at step {self.step}; continue with: python train.py --resume "
+                      f"{self.out}", file=sys.stderr)
+            self.group.stop()
             sys.exit(INTERRUPTED)
 
 
     def record(self, lines_per_s):
         """Append a metrics.jsonl record (training means since the last one, validation
         figures) and redraw curves.png from all records."""
-        train = {f"train_{k}": float(v) / max(self.n_sums, 1) for k, v in self.sums.items()}
-        if train:
-            train["train_nelbo"] = train["train_rec"] + train["train_kl"]
-        self.sums, self.n_sums = {}, 0
+        self.group.check_in_sync(self.model, self.device)
+        rec, kl = self.group.mean(self.sums / max(self.n_sums, 1)).tolist()
+        train = {"train_rec": rec, "train_kl": kl, "train_nelbo": rec + kl} if self.n_sums else {}
+        self.sums, self.n_sums = torch.zeros_like(self.sums), 0
+        if not self.group.main:
+            return
         valid = validate(self.model, self.valid, self.beta(self.step), self.lengths)
         append_metrics(self.out, {"step": self.step, "epoch": self.epoch,
                                   "beta": self.beta(self.step),
@@ -356,6 +406,22 @@ class Trainer:
                                   "elapsed_s": round(self.seconds(), 1), **train,
                                   **{f"valid_{k}": v for k, v in valid.items()}})
         write_curves(self.out, self.beta, self.log)
+
+
+class _Loss(torch.nn.Module):
+    """``model.loss`` as a module's forward: what DistributedDataParallel wraps."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx, beta, free_bits):
+        return self.model.loss(idx, beta, free_bits)
+
+
+def _rank_seed(seed, rank, step):
+    """A seed of its own for each rank's dropout and noise, renewed on resume."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 def write_curves(out, beta, log=print):

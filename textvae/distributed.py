@@ -1,0 +1,119 @@
+"""Data-parallel training under torchrun: who this process is, and the few collectives
+the trainer needs.
+
+    torchrun --nproc_per_node=2 train.py ...     # 2 processes: GPUs (nccl) or CPU (gloo)
+    python train.py ...                          # one process: every call here is a no-op
+
+torchrun starts the processes and sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous
+address in their environment; this module only reads them. The trainer splits every
+global batch between the ranks (rank r takes lines r, r + W, ...), DistributedDataParallel
+averages the gradients, and rank 0 alone writes the run folder. A step therefore sees
+the same lines, the same learning rate and the same KL weight as one process with the
+same --batch-size, whatever the number of processes, and a checkpoint (global step,
+epoch, position in the shuffled order) resumes under any number of them.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+class Group:
+    """This process's place among the training processes (rank 0 of 1 without torchrun)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+
+    @property
+    def active(self):
+        return self.world > 1
+
+    @property
+    def main(self):
+        """Rank 0: the process that writes files and prints."""
+        return self.rank == 0
+
+    def start(self, device):
+        """Join the process group; returns the device this rank trains on."""
+        if not self.active:
+            return device
+        if device.type == "cuda":
+            if self.local_rank >= torch.cuda.device_count():
+                raise UserError(f"rank {self.rank} wants cuda:{self.local_rank}, but this "
+                                f"node has {torch.cuda.device_count()} GPU(s): "
+                                "--nproc_per_node must not exceed them")
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        elif device.type != "cpu":
+            raise UserError(f"torchrun training runs on cuda or cpu, not {device.type}")
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return device
+
+    def stop(self):
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def first(self, fn):
+        """Run ``fn`` on rank 0 only and hand its result to every rank. A UserError on
+        rank 0 is raised on every rank, so no rank waits for a peer that gave up."""
+        if not self.active:
+            return fn()
+        box = [None]
+        if self.main:
+            try:
+                box[0] = ("ok", fn())
+            except UserError as e:
+                box[0] = ("error", str(e))
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise UserError(value)
+        return value
+
+    def mean(self, tensor):
+        """The mean of ``tensor`` over the ranks (in place; itself when alone)."""
+        if self.active:
+            dist.all_reduce(tensor)
+            tensor /= self.world
+        return tensor
+
+    def any(self, flag, device):
+        """Whether ``flag`` is true on some rank (every rank gets the same answer)."""
+        if not self.active:
+            return bool(flag)
+        t = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def check_in_sync(self, model, device):
+        """Raise if the ranks' weights differ: DDP keeps them equal, so a difference is a
+        bug (a step some rank skipped) that would silently turn one run into W runs."""
+        if not self.active:
+            return
+        total = sum(p.detach().double().sum() for p in model.parameters()).to(device)
+        lo, hi = total.clone().view(1), total.clone().view(1)
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        if not torch.isclose(lo, hi, rtol=1e-9, atol=1e-6).all():
+            raise RuntimeError(f"training processes out of sync: weight sums {lo.item()} "
+                               f"to {hi.item()}")
+
+    def barrier(self):
+        if self.active:
+            dist.barrier()
+
+
+def shard(ids, group):
+    """This rank's lines of a global batch ``ids``, and the weight that makes the mean of
+    the ranks' losses the loss of the whole batch (shards of unequal size, at the end of
+    an epoch). A rank left without lines takes one with weight 0: it must still join
+    the gradient all-reduce."""
+    mine = ids[group.rank::group.world]
+    if len(mine) == 0:
+        return ids[:1], 0.0
+    return mine, len(mine) * group.world / len(ids)
