@@ -44,26 +44,32 @@ def log_px_given_z(model, z, idx):
     """log p(x|z) for z (K, D) and one line idx (L,), or z (B, D) and lines (B, L)."""
     logits = model.decode(z).float()                     # (K, L, V)
     target = idx.expand(logits.shape[0], -1) if idx.dim() == 1 else idx
-    return -F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(-1)
+    # Flattened rather than (K, V, L): the transposed layout made cross_entropy as slow
+    # as the decoder itself (0.11 against 0.02 ms per z on this CPU).
+    return -F.cross_entropy(logits.flatten(0, 1), target.flatten(),
+                            reduction="none").view(target.shape).sum(-1)
 
 
 @torch.no_grad()
-def iw_nll(model, idx, k=500, chunk=100, gen=None):
-    """Importance-weighted NLL bound (nats) of each line; idx (B, L) -> (B,)."""
-    mu, logvar = model.encode(idx)
-    out = []
-    for b in range(idx.shape[0]):
-        logw = []
-        for start in range(0, k, chunk):
-            n = min(chunk, k - start)
-            eps = torch.randn(n, mu.shape[1], generator=gen).to(mu.device)
-            z = mu[b] + (0.5 * logvar[b]).exp() * eps
-            logw.append(log_px_given_z(model, z, idx[b])
-                        + log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
-                        - log_normal(z, mu[b], logvar[b]))
-        logw = torch.cat(logw)
-        out.append(-(torch.logsumexp(logw, 0) - math.log(k)))
-    return torch.stack(out)
+def iw_nll(model, idx, k=500, gen=None, budget=2 ** 22):
+    """Importance-weighted NLL bound (nats) of each line; idx (B, L) -> (B,).
+
+    Every line at once, its k samples in chunks whose logits, (B * n, L, V), stay near
+    ``budget`` floats (16 MB): k = 500 fits in memory, and larger chunks ran slower on
+    this CPU (the logits leave its caches)."""
+    mu, logvar = model.encode(idx)                                     # (B, D)
+    B, L = idx.shape
+    n_max = max(1, budget // (B * L * model.cfg.vocab_size))
+    mu_, sigma = mu.unsqueeze(1), (0.5 * logvar).exp().unsqueeze(1)    # (B, 1, D)
+    logw = []
+    for start in range(0, k, n_max):
+        n = min(n_max, k - start)
+        eps = torch.randn(B, n, mu.shape[1], generator=gen).to(mu.device)
+        z = mu_ + sigma * eps                                          # (B, n, D)
+        px = log_px_given_z(model, z.flatten(0, 1), idx.repeat_interleave(n, 0))
+        logw.append(px.view(B, n) + log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+                    - log_normal(z, mu_, logvar.unsqueeze(1)))
+    return -(torch.logsumexp(torch.cat(logw, 1), 1) - math.log(k))
 
 
 @torch.no_grad()
@@ -214,13 +220,13 @@ def judge_samples(samples, lines, train_lines, form, vocab_size, seed=0, judge=N
 
 def interpolation_figures(run, lines, n_pairs, seed, sc, judge, steps=8):
     """Paths between random pairs of real lines: ends, fluency in between, smoothness."""
-    from .generate import interpolate
+    from .generate import interpolate_pairs
     rng = random.Random(seed)
     formed = distinct = middles = ends = changed = known = known_ends = 0
     inner = []
-    for _ in range(n_pairs):
-        a, b = rng.sample(lines, 2)
-        path = interpolate(run, a, b, steps=steps, allow_unk=True, sc=sc)
+    pairs = [rng.sample(lines, 2) for _ in range(n_pairs)]
+    paths = interpolate_pairs(run, pairs, steps=steps, allow_unk=True, sc=sc)
+    for (a, b), path in zip(pairs, paths):
         inner += path[1:-1]
         formed += sum(run.form.matches(s) and "□" not in s for s in path[1:-1])
         middles += len(path) - 2

@@ -162,10 +162,15 @@ def _penalise_repeats(logits, ids, penalty):
     (ids -1: none). <pad> is exempt: a short line's end is <pad> repeated."""
     if penalty == 0:
         return logits
-    held = F.one_hot(ids.clamp(min=0), logits.shape[-1]).bool() & \
-        ((ids >= 0) & (ids != PAD)).unsqueeze(-1)                             # (B, L, V)
-    elsewhere = held.sum(1, keepdim=True) - held.long()                        # (B, L, V)
-    return logits - penalty * (elsewhere > 0)
+    B, L, V = logits.shape
+    held = (ids >= 0) & (ids != PAD)                                        # (B, L)
+    safe = ids.clamp(min=0)
+    count = torch.zeros(B, V, device=logits.device).scatter_add_(1, safe, held.float())
+    out = logits - penalty * (count > 0).to(logits.dtype).unsqueeze(1)     # (B, L, V)
+    # A position's own character is held elsewhere only if some other position has it.
+    alone = held & (count.gather(1, safe) == 1)                            # (B, L)
+    return out.scatter_add(2, safe.unsqueeze(-1),
+                           (penalty * alone).to(logits.dtype).unsqueeze(-1))
 
 
 def texts(run, ids):
@@ -235,7 +240,8 @@ def sample(run, n, sc: SampleConfig = SampleConfig(), batch=4096):
 def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads=None,
           batch=256):
     """Yield ``n_poems`` poems (lists of lines), written ``batch`` poems at a time, so any
-    number streams in constant memory. No line repeats within a poem.
+    number streams in constant memory. No line repeats within a poem. The first batch
+    is of ``FIRST_BATCH`` poems, so the first poem prints at once, not after 256.
 
     ``heads`` (an acrostic): the first character of each line (of each clause on a
     whole-poem corpus), in order.
@@ -243,12 +249,23 @@ def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads
     if heads is not None:
         lines_per_poem = len(acrostic_patterns(run, heads))
     gen = torch.Generator().manual_seed(sc.seed)
-    for start in range(0, n_poems, batch):
-        todo = min(batch, n_poems - start)
+    for todo in batch_sizes(n_poems, batch):
         lines = _new_lines(run, todo * lines_per_poem, sc, gen, heads)
         for p in range(todo):
             poem = lines[p * lines_per_poem:(p + 1) * lines_per_poem]
             yield _no_repeats(run, poem, sc, gen, heads)
+
+
+FIRST_BATCH = 8  # poems; also keeps every --num up to 8 exactly as one batch wrote it
+
+
+def batch_sizes(n, batch, first=FIRST_BATCH):
+    """Sizes of the batches that write ``n`` items: a small first one, then ``batch``."""
+    done = 0
+    while done < n:
+        size = min(first if done == 0 else batch, n - done)
+        yield size
+        done += size
 
 
 def _no_repeats(run, poem, sc, gen, heads, tries=50):
@@ -353,13 +370,22 @@ def interpolate(run, line_a, line_b, steps=8, how="linear", allow_unk=False,
     The ends are posterior means, read at noise 0 like a reconstruction; points between
     two posteriors are read more loosely, up to ``sc.noise`` half-way (sin(pi t)).
     """
+    return interpolate_pairs(run, [(line_a, line_b)], steps, how, allow_unk, sc)[0]
+
+
+def interpolate_pairs(run, pairs, steps=8, how="linear", allow_unk=False,
+                      sc: SampleConfig = SampleConfig()):
+    """``interpolate`` for many (a, b) pairs at once: one fit of every end's z, one
+    decoding of every path (the evaluation's 100 pairs: one batch, not 100)."""
     if steps < 2:
         raise UserError(f"--steps must be at least 2 (the two ends), got {steps}")
     if how not in ("linear", "spherical"):
         raise UserError(f"interpolation must be linear or spherical, got {how!r}")
-    z = given_z(run, [line_a, line_b], allow_unk, sc).cpu()
+    ends = given_z(run, [line for pair in pairs for line in pair], allow_unk, sc).cpu()
+    z = torch.cat([path_z(ends[2 * i], ends[2 * i + 1], steps, how) for i in range(len(pairs))])
     noise = sc.noise * torch.sin(torch.pi * torch.linspace(0, 1, steps)).clamp(min=0)
-    return texts(run, write_lines(run, path_z(z[0], z[1], steps, how), noise, sc))
+    lines = texts(run, write_lines(run, z, noise.repeat(len(pairs)), sc))
+    return [lines[i * steps:(i + 1) * steps] for i in range(len(pairs))]
 
 
 def _pattern_ids(run, pattern, blank):
