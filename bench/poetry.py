@@ -23,7 +23,6 @@ Fluency: the KN trigram judge fitted on the run's training split, bits per chara
 Coherence: the share of a line's characters that the line before also has.
 """
 import argparse
-import random
 import sys
 import time
 from pathlib import Path

@@ -58,8 +58,6 @@ def test_skip_bad_lines_drops_exactly_the_invalid_ones(chunks):
 
 
 def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
-    import os
-
     from textvae.files import UMASK, atomic_write_bytes
     atomic_write_bytes(tmp_path / "f.bin", b"x")
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~UMASK
