@@ -68,3 +68,33 @@ def test_run_folder_is_self_contained(overfit_run):
             "checkpoints"} <= names
     config = json.loads((overfit_run.dir / "config.json").read_text())
     assert config["model"]["max_len"] == 5 and config["data"]["form"]["lengths"] == [5]
+
+
+def test_a_nan_loss_stops_the_run_and_the_newest_checkpoint_is_from_good_steps(
+        tmp_path, monkeypatch):
+    from textvae.config import TrainConfig
+    from textvae.errors import UserError
+    from textvae.model import TextVAE, VAEConfig
+    from textvae.trainer import train
+    from .conftest import write_corpus
+    real_loss, calls = TextVAE.loss, []
+
+    def loss_turning_nan_at_call_27(self, *args, **kwargs):
+        out = real_loss(self, *args, **kwargs)
+        if self.training:
+            calls.append(1)
+            if len(calls) >= 27:  # NaN from step 26 (0-based), between two checkpoints
+                out["loss"] = out["loss"] * float("nan")
+        return out
+    monkeypatch.setattr(TextVAE, "loss", loss_turning_nan_at_call_27)
+    corpus = write_corpus(tmp_path / "c.txt", POEM_LINES)
+    tc = TrainConfig(corpus=str(corpus), out=str(tmp_path / "run"), max_steps=100,
+                     batch_size=4, eval_every=10, ckpt_every=10, iw_samples=0, amp="off")
+    mc = VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8, refiner_dim=8,
+                   refiner_heads=2)
+    with pytest.raises(UserError, match="at step 26"):
+        train(tc, mc, log=lambda *a: None)
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))
+    assert ckpts[-1].name == "step-00000020.pt"
+    state = torch.load(ckpts[-1], weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values())

@@ -38,6 +38,9 @@ from .run import (CKPT_DIR, CURVES, METRICS, SUMMARY, append_metrics, clean_temp
 from .tokenizer import PAD, CharTokenizer
 
 INTERRUPTED = 130
+# Steps between the loop's looks at device values (a non-finite loss, a stop on another
+# rank): each look waits for the device, so it is not done every step.
+SYNC_EVERY = 20
 # Settings a resumed run may change: where and how it runs, and how long. The rest
 # (model, data, optimiser) would make the resumed run a different experiment.
 RESUMABLE = {"device", "amp", "eval_every", "ckpt_every", "keep_ckpts", "skip_nonfinite",
@@ -266,6 +269,7 @@ class Trainer:
         self.step = self.epoch = self.batch_pos = 0
         self.sums, self.n_sums = torch.zeros(2, device=self.device), 0  # rec, kl since
         # the last record, summed on the device: no host sync until the record
+        self.bad_step = torch.tensor(-1, device=self.device)  # first non-finite loss's step
         self.elapsed = 0.0  # training seconds before this process (resumed runs)
         self.corpus_line = (f"corpus {corpus.name}: {len(self.data)} train lines, length "
                             f"{corpus.max_len}, vocab {tok.vocab_size}")
@@ -323,12 +327,13 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             terms = self.loss_of(batch, self.beta(self.step), self.tc.free_bits)
         self.opt.zero_grad(set_to_none=True)
-        if self.group.any(not torch.isfinite(terms["loss"]), self.device):
-            if self.tc.skip_nonfinite:
+        bad = ~torch.isfinite(terms["loss"].detach())
+        if self.tc.skip_nonfinite:  # deciding each step needs the host: only when asked
+            if self.group.any(bad, self.device):
                 return None
-            raise UserError(f"loss is {terms['loss'].item()} at step {self.step}; stopped, "
-                            f"last good checkpoint kept in {self.out / CKPT_DIR} "
-                            "(--skip-nonfinite skips such steps)")
+        else:  # noted on the device; check_finite looks before any record or checkpoint
+            self.bad_step = torch.where(bad & (self.bad_step < 0),
+                                        self.bad_step.new_tensor(self.step), self.bad_step)
         (terms["loss"] * weight).backward()
         if self.tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
@@ -376,11 +381,19 @@ class Trainer:
                             beta=f"{self.beta(self.step):.2f}", lines_s=f"{lines_per_s:.0f}",
                             refresh=False)
         last = self.step == self.total
-        if self.step % self.tc.eval_every == 0 or last:
+        record, save = self.step % self.tc.eval_every == 0, self.step % self.tc.ckpt_every == 0
+        look = last or record or save or self.step % SYNC_EVERY == 0
+        if look:
+            self.check_finite()
+        if record or last:
             self.record(lines_per_s)
-        if self.step % self.tc.ckpt_every == 0 or last:
+        if save or last:
             self.checkpoint()
-        if self.group.any(stop.signal is not None, self.device):  # every rank stops here
+        # Alone, a signal is a Python flag, free to read each step; with other ranks, all
+        # must agree to stop at the same step, which is a collective: only when looking.
+        if (look or not self.group.active) and self.group.any(stop.signal is not None,
+                                                                self.device):
+            self.check_finite()
             path = self.checkpoint()
             if self.group.main:
                 print(f"\n{signal.Signals(stop.signal or signal.SIGTERM).name}: saved {path} "
@@ -389,6 +402,15 @@ class Trainer:
             self.group.stop()
             sys.exit(INTERRUPTED)
 
+
+    def check_finite(self):
+        """Stop if a loss since the last look was NaN or infinite. Looks come before every
+        record and checkpoint, so the newest checkpoint is always from good steps."""
+        bad = int(self.bad_step)
+        if self.group.any(bad >= 0, self.device):
+            raise UserError(f"loss became NaN or infinite at step {max(bad, 0)} (seen at "
+                            f"step {self.step}); stopped, last good checkpoint kept in "
+                            f"{self.out / CKPT_DIR} (--skip-nonfinite skips such steps)")
 
     def record(self, lines_per_s):
         """Append a metrics.jsonl record (training means since the last one, validation
