@@ -258,7 +258,10 @@ class Trainer:
             torch.manual_seed(_rank_seed(tc.seed, self.group.rank, 0))  # own dropout
         self.opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.bf16 = use_amp(tc.amp, self.device)
-        self.data = torch.from_numpy(tok.encode_batch(corpus.train, corpus.max_len))
+        # The training ids live on the device (12 MB for tang5): a batch is gathered there,
+        # with no host-to-device copy, which would wait for the device, each step.
+        self.data = torch.from_numpy(tok.encode_batch(corpus.train, corpus.max_len)).to(
+            self.device)
         valid = corpus.splits["valid"] or corpus.train[:1000]
         self.valid = torch.from_numpy(tok.encode_batch(valid, corpus.max_len)).to(self.device)
         self.lengths = corpus.form().lengths  # for validation's decoding
@@ -269,7 +272,8 @@ class Trainer:
         self.step = self.epoch = self.batch_pos = 0
         self.sums, self.n_sums = torch.zeros(2, device=self.device), 0  # rec, kl since
         # the last record, summed on the device: no host sync until the record
-        self.bad_step = torch.tensor(-1, device=self.device)  # first non-finite loss's step
+        self.bad = torch.zeros((), dtype=torch.bool, device=self.device)  # a non-finite
+        self.looked = 0                       # loss since step ``looked`` (check_finite)
         self.elapsed = 0.0  # training seconds before this process (resumed runs)
         self.corpus_line = (f"corpus {corpus.name}: {len(self.data)} train lines, length "
                             f"{corpus.max_len}, vocab {tok.vocab_size}")
@@ -332,8 +336,7 @@ class Trainer:
             if self.group.any(bad, self.device):
                 return None
         else:  # noted on the device; check_finite looks before any record or checkpoint
-            self.bad_step = torch.where(bad & (self.bad_step < 0),
-                                        self.bad_step.new_tensor(self.step), self.bad_step)
+            self.bad |= bad
         (terms["loss"] * weight).backward()
         if self.tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
@@ -353,12 +356,13 @@ class Trainer:
         with StopRequested() as stop:
             try:
                 while self.step < self.total:
-                    order = epoch_order(len(self.data), self.tc.seed, self.epoch)
+                    order = epoch_order(len(self.data), self.tc.seed, self.epoch).to(
+                        self.data.device)
                     while self.batch_pos < self.per_epoch and self.step < self.total:
                         b = self.batch_pos * self.tc.batch_size
                         ids = order[b:b + self.tc.batch_size]       # the global batch
                         mine, weight = shard(ids, self.group)
-                        terms = self.train_step(self.data[mine].to(self.device), weight)
+                        terms = self.train_step(self.data[mine], weight)
                         self.step, self.batch_pos, seen = self.step + 1, self.batch_pos + 1, \
                             seen + len(ids)
                         bar.update(1)
@@ -406,11 +410,11 @@ class Trainer:
     def check_finite(self):
         """Stop if a loss since the last look was NaN or infinite. Looks come before every
         record and checkpoint, so the newest checkpoint is always from good steps."""
-        bad = int(self.bad_step)
-        if self.group.any(bad >= 0, self.device):
-            raise UserError(f"loss became NaN or infinite at step {max(bad, 0)} (seen at "
-                            f"step {self.step}); stopped, last good checkpoint kept in "
+        if self.group.any(bool(self.bad), self.device):
+            raise UserError(f"loss became NaN or infinite between steps {self.looked} and "
+                            f"{self.step}; stopped, last good checkpoint kept in "
                             f"{self.out / CKPT_DIR} (--skip-nonfinite skips such steps)")
+        self.looked = self.step
 
     def record(self, lines_per_s):
         """Append a metrics.jsonl record (training means since the last one, validation
