@@ -168,8 +168,8 @@ def test_full_disk_while_saving_keeps_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp left
 
 
-def test_non_finite_loss_stops_naming_the_step(tmp_path):
+def test_non_finite_loss_stops_naming_the_steps(tmp_path):
     r = run_cli("train.py", "--corpus", corpus(tmp_path), "--out", tmp_path / "run",
                 *FLAGS[:2], "--lr", "1e30", "--grad-clip", "0", *FLAGS[4:], cwd=tmp_path)
     assert r.returncode == 2, r.stderr
-    assert "at step" in r.stderr and "--skip-nonfinite" in r.stderr
+    assert "between steps" in r.stderr and "--skip-nonfinite" in r.stderr
