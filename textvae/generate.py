@@ -164,13 +164,13 @@ def _penalise_repeats(logits, ids, penalty):
         return logits
     B, L, V = logits.shape
     held = (ids >= 0) & (ids != PAD)                                        # (B, L)
-    safe = ids.clamp(min=0)
-    count = torch.zeros(B, V, device=logits.device).scatter_add_(1, safe, held.float())
-    out = logits - penalty * (count > 0).to(logits.dtype).unsqueeze(1)     # (B, L, V)
+    safe = ids.clamp(min=0).unsqueeze(-1)                                   # (B, L, 1)
+    count = torch.zeros(B, V, device=logits.device).scatter_add_(1, safe[..., 0], held.float())
+    elsewhere = (count > 0).unsqueeze(1).expand(B, L, V).clone()            # (B, L, V)
     # A position's own character is held elsewhere only if some other position has it.
-    alone = held & (count.gather(1, safe) == 1)                            # (B, L)
-    return out.scatter_add(2, safe.unsqueeze(-1),
-                           (penalty * alone).to(logits.dtype).unsqueeze(-1))
+    alone = (held & (count.gather(1, safe[..., 0]) == 1)).unsqueeze(-1)     # (B, L, 1)
+    elsewhere.scatter_(2, safe, elsewhere.gather(2, safe) & ~alone)
+    return logits - penalty * elsewhere
 
 
 def texts(run, ids):
