@@ -17,6 +17,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -114,23 +115,22 @@ def time_iw(model, data, device, n=640, k=100):
     return out
 
 
-def time_generation(run, num, out_file):
+def time_generation(run, num):
     """generate.py --num ``num`` into a file, as a user runs it: seconds to the first
     poem on stdout, lines written, lines/s over the whole run, peak RSS (MB)."""
     cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "generate.py"), "--run",
            str(run), "--num", str(num), "--format", "text"]
-    t = time.perf_counter()
-    with open(out_file, "w", encoding="utf-8") as f:
+    t, t_first, lines = time.perf_counter(), None, 0
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        first = proc.stdout.readline()
-        t_first = time.perf_counter() - t
-        f.write(first)
         for line in proc.stdout:
             f.write(line)
+            if line.strip():
+                t_first = t_first or time.perf_counter() - t
+                lines += 1
         proc.wait()
     total = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    lines = sum(1 for line in open(out_file, encoding="utf-8") if line.strip())
     return t_first, lines, lines / total, rss
 
 
@@ -213,11 +213,9 @@ def main():
     print(f"\ngenerate.py --run {args.run} --num N > file (its own process; peak RSS of the "
           "largest so far)")
     print(f"{'poems':>8} {'lines':>8} {'first poem s':>12} {'lines/s':>9} {'peak RSS MB':>11}")
-    out = Path(args.run) / "bench-generate.txt"
     for num in (250, 2_500):
-        t_first, lines, rate, rss = time_generation(args.run, num, out)
+        t_first, lines, rate, rss = time_generation(args.run, num)
         print(f"{num:>8} {lines:>8} {t_first:>12.2f} {rate:>9.0f} {rss:>11.0f}")
-    out.unlink()
 
 
 if __name__ == "__main__":

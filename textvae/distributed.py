@@ -27,6 +27,7 @@ class Group:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device("cpu")  # this rank's, once ``place`` has chosen it
 
     @property
     def active(self):
@@ -37,21 +38,27 @@ class Group:
         """Rank 0: the process that writes files and prints."""
         return self.rank == 0
 
-    def start(self, device):
-        """Join the process group; returns the device this rank trains on."""
-        if not self.active:
-            return device
-        if device.type == "cuda":
+    def start(self):
+        """Join the process group, before the run's device is known (a resumed run reads
+        it from its folder): torch's default backends are gloo for CPU tensors and, where
+        there are GPUs, nccl for CUDA ones, so either device can use the group."""
+        if not self.active or dist.is_initialized():
+            return
+        if self.local_rank < torch.cuda.device_count():
+            torch.cuda.set_device(self.local_rank)
+        dist.init_process_group()
+
+    def place(self, device):
+        """The device this rank trains on, given the run's: its own GPU under torchrun."""
+        if self.active and device.type == "cuda":
             if self.local_rank >= torch.cuda.device_count():
                 raise UserError(f"rank {self.rank} wants cuda:{self.local_rank}, but this "
                                 f"node has {torch.cuda.device_count()} GPU(s): "
                                 "--nproc_per_node must not exceed them")
             device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(device)
-        elif device.type != "cpu":
+        elif self.active and device.type != "cpu":
             raise UserError(f"torchrun training runs on cuda or cpu, not {device.type}")
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.device = device
         return device
 
     def stop(self):
@@ -82,30 +89,26 @@ class Group:
             tensor /= self.world
         return tensor
 
-    def any(self, flag, device):
+    def any(self, flag):
         """Whether ``flag`` is true on some rank (every rank gets the same answer)."""
         if not self.active:
             return bool(flag)
-        t = torch.tensor([float(flag)], device=device)
+        t = torch.tensor([float(flag)], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-    def check_in_sync(self, model, device):
+    def check_in_sync(self, model):
         """Raise if the ranks' weights differ: DDP keeps them equal, so a difference is a
         bug (a step some rank skipped) that would silently turn one run into W runs."""
         if not self.active:
             return
-        total = sum(p.detach().double().sum() for p in model.parameters()).to(device)
+        total = sum(p.detach().double().sum() for p in model.parameters())
         lo, hi = total.clone().view(1), total.clone().view(1)
         dist.all_reduce(lo, op=dist.ReduceOp.MIN)
         dist.all_reduce(hi, op=dist.ReduceOp.MAX)
         if not torch.isclose(lo, hi, rtol=1e-9, atol=1e-6).all():
             raise RuntimeError(f"training processes out of sync: weight sums {lo.item()} "
                                f"to {hi.item()}")
-
-    def barrier(self):
-        if self.active:
-            dist.barrier()
 
 
 def shard(ids, group):

@@ -204,7 +204,7 @@ def train(tc: TrainConfig, mc: VAEConfig, resume=None, given=None, log=print):
     torch.set_flush_denormal(True)
     torch.manual_seed(tc.seed)
     group = Group()
-    group.start(resolve_device(tc.device))
+    group.start()
     log = log if group.main else _quiet
     try:
         out, tc, mc, tok, corpus = open_on_every_rank(group, tc, mc, resume, given or {}, log)
@@ -248,7 +248,7 @@ class Trainer:
     def __init__(self, tc, model, tok, corpus, out, log=print, group=None):
         self.tc, self.out, self.log = tc, Path(out), log
         self.group = group or Group()
-        self.device = self.group.start(resolve_device(tc.device))
+        self.device = self.group.place(resolve_device(tc.device))
         self.model = model.to(self.device)
         self.loss_of = self.model.loss
         if self.group.active:  # same initial weights everywhere: DDP copies rank 0's
@@ -333,7 +333,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         bad = ~torch.isfinite(terms["loss"].detach())
         if self.tc.skip_nonfinite:  # deciding each step needs the host: only when asked
-            if self.group.any(bad, self.device):
+            if self.group.any(bad):
                 return None
         else:  # noted on the device; check_finite looks before any record or checkpoint
             self.bad |= bad
@@ -356,8 +356,7 @@ class Trainer:
         with StopRequested() as stop:
             try:
                 while self.step < self.total:
-                    order = epoch_order(len(self.data), self.tc.seed, self.epoch).to(
-                        self.data.device)
+                    order = epoch_order(len(self.data), self.tc.seed, self.epoch).to(self.device)
                     while self.batch_pos < self.per_epoch and self.step < self.total:
                         b = self.batch_pos * self.tc.batch_size
                         ids = order[b:b + self.tc.batch_size]       # the global batch
@@ -378,27 +377,26 @@ class Trainer:
         if terms is not None:
             self.sums += torch.stack([terms["rec"].detach().float(), terms["kl"].detach().float()])
             self.n_sums += 1
-        if self.step % 20 == 0 and terms is not None:
+        if self.step % SYNC_EVERY == 0 and terms is not None:  # .item() waits: a look
             bar.set_postfix(loss=f"{terms['loss'].item():.2f}", rec=f"{terms['rec'].item():.2f}",
                             kl=f"{terms['kl'].item():.2f}",
                             ref=f"{terms['ref'].item():.2f}" if "ref" in terms else "-",
                             beta=f"{self.beta(self.step):.2f}", lines_s=f"{lines_per_s:.0f}",
                             refresh=False)
         last = self.step == self.total
-        record, save = self.step % self.tc.eval_every == 0, self.step % self.tc.ckpt_every == 0
-        look = last or record or save or self.step % SYNC_EVERY == 0
-        if look:
-            self.check_finite()
-        if record or last:
-            self.record(lines_per_s)
-        if save or last:
-            self.checkpoint()
+        record = last or self.step % self.tc.eval_every == 0
+        save = last or self.step % self.tc.ckpt_every == 0
+        look = record or save or self.step % SYNC_EVERY == 0
         # Alone, a signal is a Python flag, free to read each step; with other ranks, all
         # must agree to stop at the same step, which is a collective: only when looking.
-        if (look or not self.group.active) and self.group.any(stop.signal is not None,
-                                                                self.device):
+        stopping = (look or not self.group.active) and self.group.any(stop.signal is not None)
+        if look or stopping:
             self.check_finite()
+        if record:
+            self.record(lines_per_s)
+        if save or stopping:
             path = self.checkpoint()
+        if stopping:
             if self.group.main:
                 print(f"\n{signal.Signals(stop.signal or signal.SIGTERM).name}: saved {path} "
                       f"at step {self.step}; continue with: python train.py --resume "
@@ -410,7 +408,7 @@ class Trainer:
     def check_finite(self):
         """Stop if a loss since the last look was NaN or infinite. Looks come before every
         record and checkpoint, so the newest checkpoint is always from good steps."""
-        if self.group.any(bool(self.bad), self.device):
+        if self.group.any(bool(self.bad)):
             raise UserError(f"loss became NaN or infinite between steps {self.looked} and "
                             f"{self.step}; stopped, last good checkpoint kept in "
                             f"{self.out / CKPT_DIR} (--skip-nonfinite skips such steps)")
@@ -419,7 +417,7 @@ class Trainer:
     def record(self, lines_per_s):
         """Append a metrics.jsonl record (training means since the last one, validation
         figures) and redraw curves.png from all records."""
-        self.group.check_in_sync(self.model, self.device)
+        self.group.check_in_sync(self.model)
         rec, kl = self.group.mean(self.sums / max(self.n_sums, 1)).tolist()
         train = {"train_rec": rec, "train_kl": kl, "train_nelbo": rec + kl} if self.n_sums else {}
         self.sums, self.n_sums = torch.zeros_like(self.sums), 0
