@@ -1,17 +1,20 @@
 """Training, evaluation and generation speed of the default config and the su2018 baseline.
 
-    python bench/speed.py [--steps 30] [--run runs/tang5]
+    python bench/speed.py [--steps 30] [--run runs/tang5] [--sizes 100000,1000000,10000000]
 
-Prints tables: lines/s of a training step for both configs (same process, same data),
-the GFLOP/s the step achieves (FLOPs counted by torch's FlopCounterMode over one
-forward + backward) next to this machine's matrix-product ceiling measured here (fp32
-and bf16), sampling lines/s, peak memory, and how step time grows with the batch size
-and with the corpus size; IW-NLL at k = 100, batched against the per-line loop it
-replaced; and, given a trained run, `generate.py` streaming lines into a file: time to
-the first poem, lines/s, peak memory at two --num. Everything runs on the device
+Prints tables: lines/s of a training step for both configs (same process, same data;
+on a GPU also the compiled step train.py takes there), the GFLOP/s the step achieves
+(FLOPs counted by torch's FlopCounterMode over one forward + backward) next to this
+machine's matrix-product ceiling measured here (fp32 and bf16), sampling lines/s, peak
+memory, host syncs per step on a GPU, and how step time grows with the batch size; the
+scaling table: preparing and training on synthetic corpora of --sizes lines through the
+uint16 token cache, each in its own process; IW-NLL at k = 100, batched against the
+per-line loop it replaced; and, given a trained run, `generate.py` streaming lines into
+a file: time to the first poem, lines/s, peak memory at two --num. Everything runs on the device
 `--device auto` picks (cuda, then mps, then cpu), with the autocast training would use.
 """
 import argparse
+import json
 import math
 import platform
 import resource
@@ -19,8 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -30,7 +35,8 @@ from textvae.data import load_corpus  # noqa: E402
 from textvae.evaluate import iw_nll, log_normal  # noqa: E402
 from textvae.model import TextVAE  # noqa: E402
 from textvae.tokenizer import CharTokenizer  # noqa: E402
-from textvae.trainer import resolve_device, use_amp  # noqa: E402
+from textvae.tokens import TokenIds, cache_file  # noqa: E402
+from textvae.trainer import compiled, resolve_device, use_amp  # noqa: E402
 
 
 def sync(device):
@@ -57,14 +63,34 @@ def configs_for(name, tok, max_len):
     return tc, mc
 
 
-def step_fn(model, opt, amp, device):
+def step_fn(model, opt, amp, device, compile_step=False):
+    """One training step as the trainer takes it (compiled, as --compile on, if asked)."""
+    loss_of = compiled(model.loss) if compile_step else model.loss
+    beta = torch.full((), 1.0, device=device)
+
     def step(batch):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = model.loss(batch, 1.0, 0.1)["loss"]
+            loss = loss_of(batch, beta, 0.1)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     return step
+
+
+def host_syncs(step, batch, device):
+    """How many times one step makes the host wait for the GPU (torch's sync debug mode)."""
+    if device.type != "cuda":
+        return None
+    step(batch)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def time_steps(step, data, batch_size, steps, device):
@@ -115,11 +141,11 @@ def time_iw(model, data, device, n=640, k=100):
     return out
 
 
-def time_generation(run, num):
+def time_generation(run, num, device):
     """generate.py --num ``num`` into a file, as a user runs it: seconds to the first
     poem on stdout, lines written, lines/s over the whole run, peak RSS (MB)."""
     cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "generate.py"), "--run",
-           str(run), "--num", str(num), "--format", "text"]
+           str(run), "--num", str(num), "--format", "text", "--device", str(device)]
     t, t_first, lines = time.perf_counter(), None, 0
     with tempfile.TemporaryFile("w+", encoding="utf-8") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -134,13 +160,99 @@ def time_generation(run, num):
     return t_first, lines, lines / total, rss
 
 
+def synthetic_corpus(path, n, tok, seed=0):
+    """``n`` lines of five characters drawn uniformly from ``tok``'s vocabulary (distinct
+    with near certainty: 4000^5 lines), written a million at a time."""
+    chars = np.array([c for c in tok.chars if len(c) == 1 and not c.isspace()])
+    rng = np.random.default_rng(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for start in range(0, n, 1_000_000):
+            ids = rng.integers(len(chars), size=(min(1_000_000, n - start), 5))
+            f.write("\n".join(chars[ids].view("<U5").ravel().tolist()) + "\n")
+
+
+def child(argv):
+    """One row of the scaling table in a process of its own, printing a JSON object.
+    prepare FILE: read the corpus, fit the tokenizer, write the token cache (as train.py
+    does). epoch IDS MAX_LEN VOCAB STEPS DEVICE: one full epoch of batch reads from the
+    cache, and STEPS training steps of the default model on them."""
+    kind, path = argv[0], Path(argv[1])
+    t = time.perf_counter()
+    if kind == "prepare":
+        corpus = load_corpus(str(path))
+        tok = CharTokenizer.train(corpus.train, TrainConfig().vocab_size)
+        ids = cache_file(corpus, tok, corpus.max_len, folder=path.parent)
+        out = {"ids": str(ids), "max_len": corpus.max_len, "vocab": tok.vocab_size,
+               "lines": len(corpus.train), "s": time.perf_counter() - t}
+    else:
+        max_len, vocab, steps, device = int(argv[2]), int(argv[3]), int(argv[4]), \
+            torch.device(argv[5])
+        ids = TokenIds(path, max_len, device)
+        order = torch.randperm(len(ids)).to(device)
+        for b in order.split(256):  # the data path of one epoch
+            ids.batch(b)
+        sync(device)
+        data_s = time.perf_counter() - t
+        tc, mc = configs(None)
+        mc.vocab_size, mc.max_len = vocab, max_len
+        model = TextVAE(mc).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=device.type == "cuda")
+        step = step_fn(model, opt, use_amp("auto", device), device, device.type == "cuda")
+        batches = [ids.batch(b) for b in order[:256 * (steps + 3)].split(256)]
+        for b in batches[:3]:
+            step(b)  # warm-up (and compiling, on a GPU)
+        sync(device)
+        t = time.perf_counter()
+        for b in batches[3:]:
+            step(b)
+        sync(device)
+        step_s = (time.perf_counter() - t) / steps
+        out = {"data_s": data_s, "step_s": step_s,
+               "epoch_s": data_s + step_s * math.ceil(len(ids) / 256)}
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def run_child(*argv):
+    done = subprocess.run([sys.executable, __file__, "--child", *map(str, argv)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"scaling child {argv[0]} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def scaling_table(tok, sizes, steps, device):
+    """Seconds and peak memory against corpus size, each size's preparation and epoch
+    in processes of their own, so that each peak RSS is that work's alone."""
+    print(f"\ncorpus size (synthetic five-character lines, batch 256; each cell its own "
+          f"process; epoch = one epoch of batch reads from the uint16 cache + its steps "
+          f"at the measured step time, {device})")
+    print(f"{'lines':>10} {'prepare s':>9} {'prep RSS MB':>11} {'cache MB':>8} "
+          f"{'reads s':>8} {'step ms':>8} {'epoch s':>9} {'epoch RSS MB':>12}")
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"synthetic{n}.txt"
+            synthetic_corpus(path, n, tok)
+            prep = run_child("prepare", path)
+            size_mb = Path(prep["ids"]).stat().st_size / 2**20
+            ep = run_child("epoch", prep["ids"], prep["max_len"], prep["vocab"], steps, device)
+        print(f"{n:>10,} {prep['s']:>9.1f} {prep['rss_mb']:>11.0f} {size_mb:>8.1f} "
+              f"{ep['data_s']:>8.1f} {ep['step_s'] * 1e3:>8.1f} {ep['epoch_s']:>9.0f} "
+              f"{ep['rss_mb']:>12.0f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     p.add_argument("--corpus", default="tang5")
     p.add_argument("--run", default="runs/tang5", help="a trained run, for the generation "
                    "table (skipped if missing)")
+    p.add_argument("--sizes", default="100000,1000000,10000000",
+                   help="corpus sizes of the scaling table, comma-separated")
+    if sys.argv[1:2] == ["--child"]:
+        return child(sys.argv[2:])
     args = p.parse_args()
+    args.sizes = [int(n) for n in args.sizes.split(",")]
     torch.manual_seed(0)
     device = resolve_device("auto")
     amp = use_amp("auto", device)
@@ -154,18 +266,27 @@ def main():
     ceil32, ceil16 = matmul_ceiling(torch.float32, device), matmul_ceiling(torch.bfloat16, device)
     print(f"matrix-product ceiling (2048^3): fp32 {ceil32:.0f} GFLOP/s, bf16 {ceil16:.0f} GFLOP/s\n")
 
-    print(f"{'config':<10} {'batch':>5} {'ms/step':>8} {'lines/s':>9} {'GFLOP/step':>10} "
-          f"{'GFLOP/s':>8} {'of ceiling':>10} {'sample lines/s':>14} {'params':>8} {'peak RSS MB':>11}")
+    print(f"{'config':<16} {'batch':>5} {'ms/step':>8} {'lines/s':>9} {'GFLOP/step':>10} "
+          f"{'GFLOP/s':>8} {'of ceiling':>10} {'sample lines/s':>14} {'params':>8} "
+          f"{'peak RSS MB':>11} {'syncs/step':>10}")
     rows = {}
-    for name in ("default", "su2018"):
-        tc, mc = configs_for(name, tok, corpus.max_len)
+    # The compiled step is what `train.py` runs on a GPU (--compile auto); its first
+    # steps compile (~30 s), which time_steps' warm-up steps absorb.
+    names = ("default", "default+compile", "su2018") if device.type == "cuda" else \
+        ("default", "su2018")
+    for name in names:
+        tc, mc = configs_for(name.split("+")[0], tok, corpus.max_len)
         model = TextVAE(mc).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-        step = step_fn(model, opt, amp, device)
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=device.type == "cuda")
+        step = step_fn(model, opt, amp, device, compile_step=name.endswith("+compile"))
         batch = data[:tc.batch_size].to(device)
-        with FlopCounterMode(display=False) as fc:
-            step(batch)
-        gflop = fc.get_total_flops() / 1e9
+        syncs = host_syncs(step, batch, device)
+        if name.endswith("+compile"):
+            gflop = rows["default"][3]  # the same arithmetic; the counter cannot see
+        else:                           # inside a compiled graph
+            with FlopCounterMode(display=False) as fc:
+                step(batch)
+            gflop = fc.get_total_flops() / 1e9
         sec = time_steps(step, data, tc.batch_size, args.steps, device)
         model.eval()
         with torch.no_grad():
@@ -180,27 +301,21 @@ def main():
         ceil = ceil16 if amp else ceil32
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # host memory
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        rows[name] = (model, opt, step)
-        print(f"{name:<10} {tc.batch_size:>5} {sec * 1e3:>8.1f} {tc.batch_size / sec:>9.0f} "
+        rows[name] = (model, opt, step, gflop)
+        print(f"{name:<16} {tc.batch_size:>5} {sec * 1e3:>8.1f} {tc.batch_size / sec:>9.0f} "
               f"{gflop:>10.2f} {gflop / sec:>8.0f} {gflop / sec / ceil:>10.0%} "
-              f"{sample_rate:>14.0f} {params:>7.2f}M {rss:>11.0f}")
+              f"{sample_rate:>14.0f} {params:>7.2f}M {rss:>11.0f} "
+              f"{'-' if syncs is None else syncs:>10}")
 
-    print("\nstep time against batch size (default config)")
+    fastest = "default+compile" if "default+compile" in rows else "default"
+    print(f"\nstep time against batch size ({fastest})")
     print(f"{'batch':>6} {'ms/step':>8} {'lines/s':>9}")
-    _, _, step = rows["default"]
+    _, _, step, _ = rows[fastest]
     for bs in (32, 64, 128, 256, 512, 1024):
         sec = time_steps(step, data, bs, max(5, args.steps // 2), device)
         print(f"{bs:>6} {sec * 1e3:>8.1f} {bs / sec:>9.0f}")
 
-    print("\nepoch time against corpus size (default config, batch 256)")
-    print(f"{'lines':>8} {'s/epoch':>8} {'lines/s':>9}")
-    for n in (2_000, 8_000, 32_000):
-        sub = data[:n]
-        steps = (n + 255) // 256
-        sec = time_steps(step, sub, 256, steps, device) * steps
-        print(f"{n:>8} {sec:>8.1f} {n / sec:>9.0f}")
-    print(f"(the full split, {len(data)} lines, takes about "
-          f"{len(data) / (n / sec):.0f} s an epoch at that rate)")
+    scaling_table(tok, args.sizes, args.steps, device)
 
     print("\nIW-NLL, k = 100, 640 lines in batches of 64 (default config)")
     loop, batched = time_iw(rows["default"][0], data, device)
@@ -210,11 +325,11 @@ def main():
     if not (Path(args.run) / "config.json").exists():
         print(f"\n(no run at {args.run}: generation table skipped)")
         return
-    print(f"\ngenerate.py --run {args.run} --num N > file (its own process; peak RSS of the "
-          "largest so far)")
+    print(f"\ngenerate.py --run {args.run} --num N --device {device} > file (its own process; "
+          "peak RSS of the largest so far)")
     print(f"{'poems':>8} {'lines':>8} {'first poem s':>12} {'lines/s':>9} {'peak RSS MB':>11}")
     for num in (250, 2_500):
-        t_first, lines, rate, rss = time_generation(args.run, num)
+        t_first, lines, rate, rss = time_generation(args.run, num, device)
         print(f"{num:>8} {lines:>8} {t_first:>12.2f} {rate:>9.0f} {rss:>11.0f}")
 
 

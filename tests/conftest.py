@@ -1,12 +1,19 @@
 """Shared fixtures: tiny corpora built in-process, and one small model overfit on them."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Token caches of the tests' tiny corpora go to a folder of this session, not the user's
+# cache (set before anything reads it; subprocesses inherit it).
+os.environ["TEXTVAE_CACHE"] = tempfile.mkdtemp(prefix="textvae-test-cache-")
+atexit.register(shutil.rmtree, os.environ["TEXTVAE_CACHE"], True)
 
 # Eight real five-character lines (Wang Zhihuan, Li Bai, Meng Haoran, Du Fu).
 POEM_LINES = ["白日依山尽", "黄河入海流", "欲穷千里目", "更上一层楼",

@@ -85,6 +85,18 @@ def test_refiner_loss_is_added_and_leaves_the_latent_alone():
     assert model.to_mu.weight.grad is None and model.refiner.out.weight.grad.abs().sum() > 0
 
 
+def test_refiner_loss_is_the_same_scored_densely_or_at_masked_positions():
+    """The GPU's sync-free form (every position, weighted by the mask) is the same loss."""
+    model = small().eval()
+    idx = lines(8)
+    z = model.encode(idx)[0].detach()
+    losses = []
+    for dense in (False, True):
+        torch.manual_seed(3)
+        losses.append(model.refiner_loss(idx, z, dense=dense))
+    assert torch.allclose(*losses, rtol=1e-5)
+
+
 def test_even_kernel_is_refused():
     with pytest.raises(UserError, match="--kernel must be odd"):
         small(kernel=4)

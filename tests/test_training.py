@@ -98,3 +98,31 @@ def test_a_nan_loss_stops_the_run_and_the_newest_checkpoint_is_from_good_steps(
     assert ckpts[-1].name == "step-00000020.pt"
     state = torch.load(ckpts[-1], weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_a_step_that_fails_to_compile_is_taken_plain_and_the_run_goes_on(
+        tmp_path, monkeypatch):
+    import textvae.trainer as trainer
+    from textvae.config import TrainConfig
+    from textvae.model import VAEConfig
+    from .conftest import write_corpus
+
+    def broken_compiler(loss_fn):
+        def fails(*args):
+            raise RuntimeError("InductorError: no C++ compiler found\nmore detail")
+        return fails
+    monkeypatch.setattr(trainer, "compiled", broken_compiler)
+    corpus = write_corpus(tmp_path / "c.txt", POEM_LINES)
+    tc = TrainConfig(corpus=str(corpus), out=str(tmp_path / "run"), max_steps=12,
+                     batch_size=4, eval_every=6, ckpt_every=6, iw_samples=0, amp="off",
+                     compile="on", device="cpu")
+    mc = VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8, refiner_dim=8,
+                   refiner_heads=2)
+    said = []
+    out = trainer.train(tc, mc, log=said.append)
+    warnings = [s for s in said if "torch.compile failed" in s]
+    assert warnings == ["warning: torch.compile failed (RuntimeError: InductorError: no C++ "
+                        "compiler found); training on without it (--compile off skips "
+                        "the attempt)"]
+    steps = [json.loads(s)["step"] for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [6, 12]

@@ -130,7 +130,8 @@ def _lines_arg(values, file):
 def _common(sp):
     sp.add_argument("--run", default=DEFAULT_RUN, help="run folder made by train.py")
     sp.add_argument("--format", choices=("text", "json"), default="text")
-    sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    sp.add_argument("--device", default="auto",
+                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     return sp
 
 

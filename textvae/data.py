@@ -24,6 +24,13 @@ class Corpus:
     splits: dict                      # split name -> list of lines
     max_len: int
     skipped: dict = field(default_factory=dict)  # reason -> count
+    source: str = ""                  # the file the lines were read from
+
+    def stamp(self):
+        """What identifies these lines without reading them: the source file's path,
+        size and modification time (as make decides what to rebuild)."""
+        st = Path(self.source).stat()
+        return f"{Path(self.source).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
     @property
     def train(self):
@@ -63,7 +70,7 @@ def load_corpus(spec, data_dir=DEFAULT_DATA_DIR, max_len=0, skip_bad_lines=False
         folder = prepare(spec, data_dir)
         splits = {s: read_lines(folder / f"{s}.txt")[0] if (folder / f"{s}.txt").stat().st_size
                   else [] for s in SPLITS}
-        name, bad = spec, 0
+        name, bad, source = spec, 0, folder / "train.txt"
     else:
         lines, bad = read_lines(spec, skip_bad_lines=skip_bad_lines)
         nul = next((i for i, line in enumerate(lines, 1) if "\x00" in line), None)
@@ -79,7 +86,7 @@ def load_corpus(spec, data_dir=DEFAULT_DATA_DIR, max_len=0, skip_bad_lines=False
         if not splits["train"]:
             raise UserError(f"corpus {spec} has no lines in its training split "
                             f"({len(lines)} lines in all)")
-        name = Path(spec).stem
+        name, source = Path(spec).stem, spec
     if max_len < 0:
         raise UserError(f"--max-len must be positive, got {max_len}")
     if max_len == 0:
@@ -93,7 +100,7 @@ def load_corpus(spec, data_dir=DEFAULT_DATA_DIR, max_len=0, skip_bad_lines=False
         skipped["not_utf8"] = bad
     if not splits["train"]:
         raise UserError(f"no training line of {spec} fits in {max_len} characters")
-    return Corpus(name, splits, max_len, skipped)
+    return Corpus(name, splits, max_len, skipped, str(source))
 
 
 def corpus_of_run(run):

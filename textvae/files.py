@@ -58,13 +58,20 @@ os.umask(UMASK)  # read once: the mode a plain open() would give new files
 
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` so that readers see the old file or the new, never half."""
+    atomic_write_chunks(path, [data])
+
+
+def atomic_write_chunks(path, chunks):
+    """atomic_write_bytes for a file written piece by piece (an iterable of bytes), so
+    that the whole never needs to be in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; a run folder is for sharing
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

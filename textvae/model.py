@@ -321,7 +321,7 @@ class TextVAE(nn.Module):
             out["loss"] = out["loss"] + out["ref"]
         return out
 
-    def refiner_loss(self, idx, z):
+    def refiner_loss(self, idx, z, dense=None):
         """Masked-character cross-entropy of the refiner, summed over masked positions.
 
         Each line gets its own noise level a ~ U(0, 1) and masking rate r ~ U(0, 1) (at
@@ -330,6 +330,8 @@ class TextVAE(nn.Module):
         z is detached: the refiner reads the latent, it does not shape it. Only the first
         half of the batch is used: a masked-character loss needs fewer lines per step
         than the ELBO, and this halves the refiner's share of the step time.
+        ``dense``: score every position and weight by the mask (default: on a GPU or
+        when compiled).
         """
         idx, z = idx[:max(1, len(idx) // 2)], z[:max(1, len(idx) // 2)]
         B, L = idx.shape
@@ -337,9 +339,20 @@ class TextVAE(nn.Module):
         z_a = noised(z, noise, torch.randn_like(z))
         rate = torch.rand(B, 1, device=idx.device)
         masked = torch.rand(B, L, device=idx.device) < rate
-        masked[torch.arange(B), torch.randint(L, (B,), device=idx.device)] = True
+        masked[torch.arange(B, device=idx.device), torch.randint(L, (B,), device=idx.device)] = True
         with torch.no_grad():
             draft = self.decoder.features(z_a)
-        logits = self.refiner(idx.masked_fill(masked, self.refiner.mask_id), z_a, noise,
-                              draft, at=masked)                            # (n_masked, V)
+        given = idx.masked_fill(masked, self.refiner.mask_id)
+        if dense is None:
+            dense = idx.is_cuda or torch.compiler.is_compiling()
+        if dense:
+            # Picking the masked positions out (h[masked]) makes the host wait for the
+            # GPU to count them, and gives torch.compile a new shape at every step; a GPU
+            # step is launch-bound, so scoring every position and weighting by the mask
+            # costs nothing there and keeps the loop sync-free.
+            logits = self.refiner(given, z_a, noise, draft)                # (B, L, V)
+            ce = F.cross_entropy(logits.float().flatten(0, 1), idx.flatten(), reduction="none")
+            return (ce * masked.flatten()).sum() / B
+        # On a CPU there is no wait, and scoring only masked positions saves ~10% a step.
+        logits = self.refiner(given, z_a, noise, draft, at=masked)         # (n_masked, V)
         return F.cross_entropy(logits.float(), idx[masked], reduction="sum") / B

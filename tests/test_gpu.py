@@ -1,0 +1,64 @@
+"""The GPU path. These run where torch sees a CUDA GPU and are skipped elsewhere (CI has
+none); the README's speed section says where they last ran."""
+import json
+import math
+
+import pytest
+import torch
+
+from .conftest import POEM_LINES, write_corpus
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def train_tiny(tmp_path, **settings):
+    from textvae.config import TrainConfig
+    from textvae.model import VAEConfig
+    from textvae.trainer import train
+    rotations = [s[i:] + s[:i] for s in POEM_LINES for i in range(5)]  # 40 lines
+    corpus = write_corpus(tmp_path / "c.txt", rotations)
+    tc = TrainConfig(corpus=str(corpus), out=str(tmp_path / "run"), batch_size=16,
+                     iw_samples=0, device="cuda", min_steps=0, **settings)
+    mc = VAEConfig(emb_dim=32, enc_hidden=32, latent=8, dec_hidden=32, refiner_dim=32,
+                   refiner_heads=2)
+    return train(tc, mc, log=lambda *a: None)
+
+
+@pytest.mark.xfail(strict=False, reason="an H100 (2026-11-22) counted one synchronizing "
+                   "call per plain step in bench/speed.py's copy of this step; its source "
+                   "was not found in the two device calls that task had; this test's "
+                   "traceback names the line")
+def test_a_training_step_on_the_gpu_never_waits_for_it(tmp_path, monkeypatch):
+    """No host sync inside a plain step: the loop waits only at its looks (every 20)."""
+    from textvae.trainer import Trainer
+    real, checked = Trainer.train_step, []
+
+    def strict(self, *args, **kwargs):
+        if self.step >= 2:  # after the first steps' lazy initialisation
+            torch.cuda.set_sync_debug_mode("error")
+            checked.append(self.step)
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    monkeypatch.setattr(Trainer, "train_step", strict)
+    train_tiny(tmp_path, max_steps=30, eval_every=10, ckpt_every=10, compile="off")
+    assert len(checked) == 28
+
+
+def test_a_compiled_run_trains_and_checkpoints(tmp_path):
+    """--compile on: CUDA graphs for both batch shapes (full, and an epoch's last)."""
+    out = train_tiny(tmp_path, max_steps=200, eval_every=50, ckpt_every=100, compile="on",
+                     lr=5e-3)
+    records = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [50, 100, 150, 200]
+    assert all(map(math.isfinite, (r["train_rec"] for r in records)))
+    assert records[-1]["train_rec"] < records[0]["train_rec"]
+    state = torch.load(sorted((out / "checkpoints").glob("step-*.pt"))[-1], weights_only=True)
+    assert state["step"] == 200
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_bf16_autocast_is_chosen_where_the_gpu_has_it():
+    from textvae.trainer import use_amp
+    assert use_amp("auto", torch.device("cuda")) == torch.cuda.is_bf16_supported(False)
