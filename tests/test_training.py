@@ -100,8 +100,21 @@ def test_a_nan_loss_stops_the_run_and_the_newest_checkpoint_is_from_good_steps(
     assert all(torch.isfinite(v).all() for v in state.values())
 
 
+class _BackwardFails(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("InductorError: no C++ compiler found\nmore detail")
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
 def test_a_step_that_fails_to_compile_is_taken_plain_and_the_run_goes_on(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, where):
+    """torch.compile compiles the forward at its first call and the backward at its
+    first use: a failure in either falls back to the plain step, with one warning."""
     import textvae.trainer as trainer
     from textvae.config import TrainConfig
     from textvae.model import VAEConfig
@@ -109,7 +122,10 @@ def test_a_step_that_fails_to_compile_is_taken_plain_and_the_run_goes_on(
 
     def broken_compiler(loss_fn):
         def fails(*args):
-            raise RuntimeError("InductorError: no C++ compiler found\nmore detail")
+            if where == "forward":
+                raise RuntimeError("InductorError: no C++ compiler found\nmore detail")
+            out = loss_fn(*args)
+            return {**out, "loss": _BackwardFails.apply(out["loss"])}
         return fails
     monkeypatch.setattr(trainer, "compiled", broken_compiler)
     corpus = write_corpus(tmp_path / "c.txt", POEM_LINES)

@@ -47,8 +47,8 @@ SYNC_EVERY = 20
 COMPILE_FROM_STEPS = 2000
 # Settings a resumed run may change: where and how it runs, and how long. The rest
 # (model, data, optimiser) would make the resumed run a different experiment.
-RESUMABLE = {"device", "amp", "compile", "eval_every", "ckpt_every", "keep_ckpts", "skip_nonfinite",
-             "iw_samples", "data_dir", "epochs", "min_steps", "max_steps"}
+RESUMABLE = {"device", "amp", "compile", "eval_every", "ckpt_every", "keep_ckpts",
+             "skip_nonfinite", "iw_samples", "data_dir", "epochs", "min_steps", "max_steps"}
 
 
 def resolve_device(name):
@@ -110,21 +110,29 @@ def compiled(loss_fn):
 class CompiledOrPlain:
     """The compiled loss while compiling works; after a failure, the plain one. Compiling
     needs a C++ compiler or Triton and can fail where eager code runs: a run must not
-    stop for an optimisation. A step that failed compiled is taken again, plain (nothing
-    was applied: the failure is in the forward pass)."""
+    stop for an optimisation. The forward pass compiles at its first call (a failure is
+    caught here), the backward at its first use (caught in Trainer.train_step); either
+    way the step is taken again, plain, before the optimiser has moved."""
 
     def __init__(self, loss_fn, log=print):
         self.plain, self.fn, self.log = loss_fn, compiled(loss_fn), log
 
+    @property
+    def compiled(self):
+        return self.fn is not self.plain
+
+    def give_up(self, error):
+        why = (str(error).strip().splitlines() or [""])[0][:160]
+        self.log(f"warning: torch.compile failed ({type(error).__name__}: {why}); "
+                 "training on without it (--compile off skips the attempt)")
+        self.fn = self.plain
+
     def __call__(self, *args):
-        if self.fn is not self.plain:
+        if self.compiled:
             try:
                 return self.fn(*args)
             except Exception as e:  # noqa: BLE001 - any compiler failure; eager goes on
-                why = (str(e).strip().splitlines() or [""])[0][:160]
-                self.log(f"warning: torch.compile failed ({type(e).__name__}: {why}); "
-                         "training on without it (--compile off skips the attempt)")
-                self.fn = self.plain
+                self.give_up(e)
         return self.fn(*args)
 
 
@@ -390,7 +398,14 @@ class Trainer:
                 return None
         else:  # noted on the device; check_finite looks before any record or checkpoint
             self.bad |= bad
-        (terms["loss"] * weight).backward()
+        try:
+            (terms["loss"] * weight).backward()
+        except Exception as e:  # noqa: BLE001 - re-raised unless the compiled backward
+            if not (isinstance(self.loss_of, CompiledOrPlain) and self.loss_of.compiled):
+                raise
+            self.loss_of.give_up(e)
+            self.opt.zero_grad(set_to_none=True)
+            return self.train_step(batch, weight)  # once: the loss is plain now
         if self.tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
         self.opt.step()
