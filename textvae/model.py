@@ -339,7 +339,10 @@ class TextVAE(nn.Module):
         z_a = noised(z, noise, torch.randn_like(z))
         rate = torch.rand(B, 1, device=idx.device)
         masked = torch.rand(B, L, device=idx.device) < rate
-        masked[torch.arange(B, device=idx.device), torch.randint(L, (B,), device=idx.device)] = True
+        # At least one masked position a line. scatter_, not masked[rows, cols] = True:
+        # assigning a Python scalar through an index copies it to the GPU and waits for
+        # the copy (index_put_'s one-element CPU value), a host sync every step.
+        masked.scatter_(1, torch.randint(L, (B, 1), device=idx.device), True)
         with torch.no_grad():
             draft = self.decoder.features(z_a)
         given = idx.masked_fill(masked, self.refiner.mask_id)
