@@ -60,3 +60,12 @@ def test_an_interrupted_build_leaves_no_file(corpus, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         cache_file(corpus, tok, 5, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_an_unwritable_cache_is_one_clear_line(corpus, tmp_path):
+    from textvae.errors import UserError
+    tok = CharTokenizer.train(corpus.train, 100)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write the token cache .*set TEXTVAE_CACHE"):
+        cache_file(corpus, tok, 5, blocker / "tokens")

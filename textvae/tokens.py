@@ -44,9 +44,13 @@ def cache_file(corpus, tok, max_len, folder=None):
     path = Path(folder or cache_dir() / "tokens") / f"{corpus.name}-{key[:16]}.u16"
     if not path.exists():
         lines = corpus.train
-        atomic_write_chunks(path, (tok.encode_batch(lines[i:i + CHUNK], max_len)
-                                   .astype(DTYPE).tobytes()
-                                   for i in range(0, len(lines), CHUNK)))
+        try:
+            atomic_write_chunks(path, (tok.encode_batch(lines[i:i + CHUNK], max_len)
+                                       .astype(DTYPE).tobytes()
+                                       for i in range(0, len(lines), CHUNK)))
+        except OSError as e:
+            raise UserError(f"cannot write the token cache {path} ({e.strerror or e}); "
+                            "set TEXTVAE_CACHE to a writable folder") from None
     return path
 
 
