@@ -199,7 +199,7 @@ def child(argv):
         tok = CharTokenizer.train(corpus.train, TrainConfig().vocab_size)
         ids = cache_file(corpus, tok, corpus.max_len, folder=path.parent)
         out = {"ids": str(ids), "max_len": corpus.max_len, "vocab": tok.vocab_size,
-               "lines": len(corpus.train), "s": time.perf_counter() - t}
+               "s": time.perf_counter() - t}
     else:
         max_len, vocab, steps, device = int(argv[2]), int(argv[3]), int(argv[4]), \
             torch.device(argv[5])
@@ -214,15 +214,7 @@ def child(argv):
         model = TextVAE(mc).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=device.type == "cuda")
         step = step_fn(model, opt, use_amp("auto", device), device, device.type == "cuda")
-        batches = [ids.batch(b) for b in order[:256 * (steps + 3)].split(256)]
-        for b in batches[:3]:
-            step(b)  # warm-up (and compiling, on a GPU)
-        sync(device)
-        t = time.perf_counter()
-        for b in batches[3:]:
-            step(b)
-        sync(device)
-        step_s = (time.perf_counter() - t) / steps
+        step_s = time_steps(step, ids.batch(order[:256 * (steps + 3)]), 256, steps, device)
         out = {"data_s": data_s, "step_s": step_s,
                "epoch_s": data_s + step_s * math.ceil(len(ids) / 256)}
     out["rss_mb"] = peak_rss_mb()

@@ -5,7 +5,8 @@ an id instead of the 8 of an int64 tensor (10M lines of 64 characters: 1.3 GB on
 not 5 GB in memory). Its name is a hash of what decides its contents - the corpus file
 (path, size, modification time), the tokenizer and the model length - so a second run on
 the same corpus and vocabulary reuses it, and a changed corpus gets a new one. It lives
-in the user's cache (cache_dir()), where deleting it costs only its re-encoding.
+in the user's cache (corpora.cache_dir(), beside the downloaded archives), where
+deleting it costs only its re-encoding.
 
 On a CPU a batch is read from the file with a fresh memory map each time: pages of a map
 held open stay counted in the process's memory until the map closes, so a map kept for a
@@ -14,12 +15,12 @@ batch (the operating system's page cache still keeps the file at hand). On a GPU
 are copied to the device once, so that no step waits for a host-to-device copy.
 """
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .corpora import cache_dir
 from .errors import UserError
 from .files import atomic_write_chunks
 
@@ -27,17 +28,9 @@ DTYPE = np.uint16  # ids below 65,536 (the vocabulary is capped far below)
 CHUNK = 1 << 16    # lines encoded per piece written
 
 
-def cache_dir():
-    """$TEXTVAE_CACHE, else $XDG_CACHE_HOME/textvae, else ~/.cache/textvae: a user's
-    cache, shared by runs, never inside a repository or a run folder."""
-    if os.environ.get("TEXTVAE_CACHE"):
-        return Path(os.environ["TEXTVAE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "textvae"
-
-
 def cache_file(corpus, tok, max_len, folder=None):
     """The array file for ``corpus``'s training split under ``tok`` at ``max_len`` (in
-    ``folder``, default cache_dir()/tokens), built atomically unless already there."""
+    ``folder``, default corpora.cache_dir()/tokens), built atomically unless there."""
     if tok.vocab_size > np.iinfo(DTYPE).max + 1:
         raise UserError(f"a vocabulary of {tok.vocab_size} ids does not fit in uint16")
     key = hashlib.sha256(tok.proto + f"|{corpus.stamp()}|{max_len}".encode()).hexdigest()
@@ -59,15 +52,14 @@ class TokenIds:
     device (rows: a LongTensor of line numbers)."""
 
     def __init__(self, path, max_len, device):
-        self.path, self.max_len, self.device = Path(path), max_len, device
+        self.path, self.max_len = Path(path), max_len
         self.n = self.path.stat().st_size // (np.dtype(DTYPE).itemsize * max_len)
         self.on_device = None
         if device.type != "cpu":  # int32 halves device memory; ids are < 65,536
             self.on_device = torch.empty(self.n, max_len, dtype=torch.int32, device=device)
-            ids = self._map()
-            for i in range(0, self.n, CHUNK * 16):
-                self.on_device[i:i + CHUNK * 16] = torch.from_numpy(
-                    ids[i:i + CHUNK * 16].astype(np.int32))
+            ids, step = self._map(), CHUNK * 16  # copied a million lines at a time
+            for i in range(0, self.n, step):
+                self.on_device[i:i + step] = torch.from_numpy(ids[i:i + step].astype(np.int32))
 
     def __len__(self):
         return self.n
