@@ -96,7 +96,7 @@ def main(argv=None):
     data = sequences(tok, corpus.train, corpus.max_len)
     model = CharGRU(tok.vocab_size)
     steps = train_lm(model, data, args.minutes * 60)
-    lengths = corpus.form().lengths
+    lengths = corpus.form.lengths
     fixed = lengths[0] if len(lengths) == 1 else None
     samples = sample_lm(model.eval(), tok, args.num, corpus.max_len, fixed)
     out = Path(args.out or f"runs/bench-charlm-{corpus.name}")

@@ -74,7 +74,7 @@ def charlm(args, corpus, tok):
         lm.main(["--minutes", str(args.minutes), "--corpus", args.corpus, "--out", str(out)])
     saved = json.loads((out / "samples.json").read_text())
     test = corpus.splits["test"]
-    res = judge_samples(saved["samples"], test, corpus.train, corpus.form(), tok.vocab_size)
+    res = judge_samples(saved["samples"], test, list(corpus.train), corpus.form, tok.vocab_size)
     res["train_steps"], res["train_s"] = saved["steps"], saved["minutes"] * 60
     return res
 

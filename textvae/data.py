@@ -1,19 +1,24 @@
-"""Corpora as the trainer sees them: three lists of lines and the form they share.
+"""Corpora as the trainer sees them: three splits of lines and the form they share.
 
 ``--corpus`` is either a recipe name (``tang5``; prepared on first use) or the path of any
 UTF-8 file with one sample per line, which is split 98/1/1 by the same line hash the
-recipes use. Lines longer than the model's length are skipped and counted.
+recipes use (once, into a cached folder). Lines longer than the model's length are
+skipped and counted. The training split is read from its file as it is used, never held,
+so a corpus of any size trains in the memory of a batch (with tokens.py's id cache).
 
 The *form* of a corpus is what every well-formed line has: a length seen in training and,
 at any position where every training line has the same character (the '，' and '。' of
 a quatrain), that character. Samples are judged against it.
 """
+import hashlib
+import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpora import DEFAULT_DATA_DIR, RECIPES, SPLITS, prepare, split_of
+from .corpora import DEFAULT_DATA_DIR, RECIPES, SPLITS, cache_dir, prepare, split_file
 from .errors import UserError
-from .files import read_lines
+from .files import LineReader, read_json
 
 LONGEST_DEFAULT = 64  # default cap on the model length when it is taken from the corpus
 
@@ -21,23 +26,47 @@ LONGEST_DEFAULT = 64  # default cap on the model length when it is taken from th
 @dataclass
 class Corpus:
     name: str
-    splits: dict                      # split name -> list of lines
+    splits: dict                      # split name -> lines (train: a LineFile, read as used)
     max_len: int
+    form: "Form"
     skipped: dict = field(default_factory=dict)  # reason -> count
     source: str = ""                  # the file the lines were read from
 
     def stamp(self):
-        """What identifies these lines without reading them: the source file's path,
-        size and modification time (as make decides what to rebuild)."""
-        st = Path(self.source).stat()
-        return f"{Path(self.source).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        return file_stamp(self.source)
 
     @property
     def train(self):
         return self.splits["train"]
 
-    def form(self):
-        return Form.fit(self.train, self.max_len)
+
+def file_stamp(path):
+    """What identifies a file's lines without reading them: its path, size and
+    modification time (as make decides what to rebuild)."""
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+class LineFile:
+    """A prepared split's lines of at most ``max_len`` characters, read from its file each
+    time they are iterated: ``len`` and iteration as a list gives them, without holding a
+    split that may not fit in memory (``list(lines)`` where a list is needed)."""
+
+    def __init__(self, path, max_len, count):
+        self.path, self.max_len, self.count = Path(path), max_len, count
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        with open(self.path, encoding="utf-8", newline="\n") as f:
+            for line in f:
+                line = line.removesuffix("\n")
+                if len(line) <= self.max_len:
+                    yield line
+
+    def head(self, n):
+        return list(itertools.islice(self, n))
 
 
 @dataclass
@@ -46,15 +75,20 @@ class Form:
     fixed: dict     # position (as str, for JSON) -> the character every line has there
 
     @classmethod
-    def fit(cls, lines, max_len):
-        lengths = sorted({len(s) for s in lines})
+    def fit(cls, lines, lengths):
+        """The form of ``lines``, whose lengths are ``lengths`` (read in a pass of their
+        own, as Counter(map(len, lines))): where those are one length, the characters all
+        lines share, found in a pass that stops once no position is shared."""
         fixed = {}
         if len(lengths) == 1:
-            for i in range(lengths[0]):
-                chars = {s[i] for s in lines}
-                if len(chars) == 1:
-                    fixed[str(i)] = chars.pop()
-        return cls(lengths, fixed)
+            lines = iter(lines)
+            fixed = dict(enumerate(next(lines)))
+            for line in lines:
+                if not fixed:
+                    break
+                for i in [i for i, c in fixed.items() if line[i] != c]:
+                    del fixed[i]
+        return cls(sorted(lengths), {str(i): c for i, c in sorted(fixed.items())})
 
     def matches(self, text):
         return len(text) in self.lengths and all(
@@ -65,42 +99,55 @@ class Form:
 
 
 def load_corpus(spec, data_dir=DEFAULT_DATA_DIR, max_len=0, skip_bad_lines=False):
-    """Resolve ``spec`` (recipe name or file path) into a Corpus with fitting lines only."""
+    """Resolve ``spec`` (recipe name or file path) into a Corpus with fitting lines only.
+
+    A file is prepared once, like a recipe, into a folder of split files in the cache
+    (split_file: streamed, so a corpus need not fit in memory); the training split is
+    then read from its file whenever it is used, the small valid and test splits held."""
     if spec in RECIPES and not Path(spec).exists():
         folder = prepare(spec, data_dir)
-        splits = {s: read_lines(folder / f"{s}.txt")[0] if (folder / f"{s}.txt").stat().st_size
-                  else [] for s in SPLITS}
-        name, bad, source = spec, 0, folder / "train.txt"
+        name, source, bad = spec, folder / "train.txt", 0
     else:
-        lines, bad = read_lines(spec, skip_bad_lines=skip_bad_lines)
-        nul = next((i for i, line in enumerate(lines, 1) if "\x00" in line), None)
-        if nul is not None:
-            raise UserError(f"corpus {spec} has a NUL character in non-blank line {nul}: "
-                            "is it a binary file? (a corpus is UTF-8 text, one line each)")
-        if len(set(lines)) < 2:
-            raise UserError(f"corpus {spec} has {len(set(lines))} distinct line; a VAE "
-                            "learns from many lines (thousands for readable samples)")
-        splits = {s: [] for s in SPLITS}
-        for line in dict.fromkeys(lines):  # drop duplicates, keep order
-            splits[split_of(line)].append(line)
-        if not splits["train"]:
-            raise UserError(f"corpus {spec} has no lines in its training split "
-                            f"({len(lines)} lines in all)")
-        name, source = Path(spec).stem, spec
+        folder, name, source = prepared_file(spec, skip_bad_lines), Path(spec).stem, spec
+        bad = read_json(folder / "meta.json").get("not_utf8", 0)
     if max_len < 0:
         raise UserError(f"--max-len must be positive, got {max_len}")
-    if max_len == 0:
-        max_len = min(max(len(s) for s in splits["train"]), LONGEST_DEFAULT)
-    skipped = {"too_long": 0}
-    for s in SPLITS:
-        keep = [x for x in splits[s] if len(x) <= max_len]
-        skipped["too_long"] += len(splits[s]) - len(keep)
-        splits[s] = keep
+    counts = Counter(map(len, LineFile(folder / "train.txt", float("inf"), 0)))
+    if not counts:
+        raise UserError(f"corpus {spec} has no lines in its training split")
+    max_len = max_len or min(max(counts), LONGEST_DEFAULT)
+    kept = sum(c for n, c in counts.items() if n <= max_len)
+    splits = {"train": LineFile(folder / "train.txt", max_len, kept)}
+    skipped = {"too_long": sum(counts.values()) - kept}
+    for s in SPLITS[1:]:
+        lines = list(LineFile(folder / f"{s}.txt", float("inf"), 0))
+        splits[s] = [x for x in lines if len(x) <= max_len]
+        skipped["too_long"] += len(lines) - len(splits[s])
     if bad:
         skipped["not_utf8"] = bad
     if not splits["train"]:
         raise UserError(f"no training line of {spec} fits in {max_len} characters")
-    return Corpus(name, splits, max_len, skipped, str(source))
+    form = Form.fit(splits["train"], [n for n in counts if n <= max_len])
+    return Corpus(name, splits, max_len, form, skipped, str(source))
+
+
+def prepared_file(path, skip_bad_lines=False):
+    """The folder of split files for corpus file ``path``, made on first use under
+    cache_dir()/corpora and named by the file's stamp, so an edited file is split anew."""
+    reader = LineReader(path, skip_bad_lines)
+    key = hashlib.sha256(f"{file_stamp(path)}|{skip_bad_lines}".encode()).hexdigest()
+    folder = cache_dir() / "corpora" / f"{Path(path).stem}-{key[:16]}"
+    if not (folder / "meta.json").exists():
+        try:
+            counts = split_file(reader, folder, {"source": str(Path(path).resolve())})
+        except OSError as e:
+            raise UserError(f"cannot write the prepared corpus {folder} "
+                            f"({e.strerror or e}); set TEXTVAE_CACHE to a writable folder") \
+                from None
+        if not counts["train"]:
+            raise UserError(f"corpus {path} has no lines in its training split "
+                            f"({sum(counts.values())} lines in all)")
+    return folder
 
 
 def corpus_of_run(run):

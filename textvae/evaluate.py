@@ -251,12 +251,12 @@ def evaluate_split(run, split="test", max_lines=0, seed=0, **kw):
     from .data import corpus_of_run
     from .errors import UserError
     corpus = corpus_of_run(run)
-    lines = corpus.splits[split]
+    lines = list(corpus.splits[split])  # the training split is a LineFile, read here
     if not lines:
         raise UserError(f"the {split} split of {corpus.name} is empty")
     if 0 < max_lines < len(lines):
         lines = random.Random(seed).sample(lines, max_lines)
-    return {**evaluate(run, lines, corpus.train, seed=seed, **kw), "split": split,
+    return {**evaluate(run, lines, list(corpus.train), seed=seed, **kw), "split": split,
             "corpus": corpus.name}
 
 

@@ -15,41 +15,56 @@ from .errors import UserError
 
 
 def read_lines(path, skip_bad_lines=False):
-    """Return the non-blank lines of a UTF-8 text file, without line ends.
+    """Return the non-blank lines of a UTF-8 text file, without line ends, and the number
+    of invalid lines dropped (see LineReader)."""
+    reader = LineReader(path, skip_bad_lines)
+    lines = list(reader)
+    if not lines:
+        raise UserError(f"corpus {path} has no non-blank lines")
+    return lines, reader.skipped
+
+
+class LineReader:
+    """The non-blank lines of a UTF-8 text file, read one at a time when iterated, so a
+    corpus larger than memory is never held whole.
 
     A UTF-8 byte-order mark and CRLF line ends are accepted. A line that is not valid
     UTF-8 is an error naming the file and line number, unless ``skip_bad_lines`` is set,
-    in which case such lines are dropped and counted (returned as the second value).
+    in which case such lines are dropped and counted in ``skipped`` (per pass).
     """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"corpus file not found: {path}")
-    if path.is_dir():
-        raise UserError(f"corpus path is a directory, not a file: {path}")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    lines, skipped = [], 0
-    for number, chunk in enumerate(raw.split(b"\n"), start=1):
+
+    def __init__(self, path, skip_bad_lines=False):
+        self.path, self.skip_bad_lines, self.skipped = Path(path), skip_bad_lines, 0
+        if not self.path.exists():
+            raise UserError(f"corpus file not found: {self.path}")
+        if self.path.is_dir():
+            raise UserError(f"corpus path is a directory, not a file: {self.path}")
+
+    def __iter__(self):
+        self.skipped = 0
+        try:
+            with open(self.path, "rb") as f:
+                for number, chunk in enumerate(f, start=1):
+                    text = self._decode(chunk, number)
+                    if text is not None and text.strip():
+                        yield text
+        except OSError as e:
+            raise UserError(f"cannot read {self.path}: {e.strerror or e}") from None
+
+    def _decode(self, chunk, number):
+        if number == 1 and chunk.startswith(b"\xef\xbb\xbf"):
+            chunk = chunk[3:]
         try:
             text = chunk.decode("utf-8")
         except UnicodeDecodeError:
-            if skip_bad_lines:
-                skipped += 1
-                continue
+            if self.skip_bad_lines:
+                self.skipped += 1
+                return None
             raise UserError(
-                f"{path}: line {number} is not valid UTF-8 "
+                f"{self.path}: line {number} is not valid UTF-8 "
                 "(fix the file, or pass --skip-bad-lines to drop such lines)"
             ) from None
-        text = text.rstrip("\r")
-        if text.strip():
-            lines.append(text)
-    if not lines:
-        raise UserError(f"corpus {path} has no non-blank lines")
-    return lines, skipped
+        return text.removesuffix("\n").rstrip("\r")
 
 
 UMASK = os.umask(0)

@@ -28,7 +28,7 @@ def _stamp(run):
 def train_index(run, batch=8192):
     """(training lines, their posterior means (N, D) float32), cached in the run folder."""
     from .data import corpus_of_run
-    lines = corpus_of_run(run).train
+    lines = list(corpus_of_run(run).train)
     path, stamp = run.dir / INDEX, f"{_stamp(run)}-{len(lines)}"
     if path.exists():
         with safe_open(path, "pt") as f:
@@ -131,7 +131,7 @@ def map_png(run, n=2000, colour="season", how="pca", n_text=12, seed=0, split="t
     corpus = corpus_of_run(run)
     if not corpus.splits[split]:  # a small corpus may have no test lines
         split = "train"
-    lines = corpus.splits[split]
+    lines = list(corpus.splits[split])
     lines = random.Random(seed).sample(lines, min(n, len(lines)))
     with torch.no_grad():
         mu = run.model.encode(encode_lines(run, lines, allow_unk=True))[0].float().cpu()

@@ -118,7 +118,7 @@ def save_run(out, tc, mc, tok, corpus):
         "model": mc.to_dict(), "train": train,
         "data": {"corpus": corpus.name, "max_len": corpus.max_len,
                  "counts": {s: len(v) for s, v in corpus.splits.items()},
-                 "skipped": corpus.skipped, "form": corpus.form().to_dict(),
+                 "skipped": corpus.skipped, "form": corpus.form.to_dict(),
                  "lines_per_poem": 1 if corpus.name.startswith("quatrain") else 4}})
 
 

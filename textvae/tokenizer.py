@@ -11,6 +11,7 @@ and control characters such as NUL, which sentencepiece never puts in a vocabula
 2 <s>, 3 </s> (reserved; the non-autoregressive model never needs them).
 """
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import sentencepiece as spm
 from .errors import UserError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
+FIT_LINES = 2_000_000  # lines the vocabulary is counted on, at most
 SPACE = "\u2581"  # sentencepiece's visible space, '▁'
 
 
@@ -32,16 +34,25 @@ class CharTokenizer:
         for i in (PAD, UNK, BOS, EOS):
             self.chars[i] = ""
         self.index = {c: i for i, c in enumerate(self.chars) if c}
+        # Code point -> id for every Unicode character (4.4 MB): encode_batch looks a
+        # whole batch up at once instead of one dictionary lookup a character.
+        self.lookup = np.full(0x110000, UNK, dtype=np.int32)
+        for c, i in self.index.items():
+            self.lookup[ord(c)] = i  # a 'char' model's pieces are single characters
 
     # -- building and saving ------------------------------------------------------------
     @classmethod
     def train(cls, lines, vocab_size):
-        """Fit the vocabulary on ``lines``: the ``vocab_size - 4`` most frequent characters."""
+        """Fit the vocabulary on ``lines`` (a list, or any sized iterable read once): the
+        ``vocab_size - 4`` most frequent characters, counted on every line up to FIT_LINES
+        and beyond that on an evenly spaced FIT_LINES of them (sentencepiece holds what it
+        is given, ~50 bytes a line; the frequent characters of 2M lines are those of all)."""
         if vocab_size < 5:
             raise UserError(f"--vocab-size must be at least 5, got {vocab_size}")
         proto = io.BytesIO()
+        step = -(-len(lines) // FIT_LINES)  # ceil: 1 up to FIT_LINES lines
         try:
-            cls._fit(lines, vocab_size, proto)
+            cls._fit(itertools.islice(lines, 0, None, step), vocab_size, proto)
         except RuntimeError as e:  # e.g. lines made only of control characters
             raise UserError(f"cannot build a vocabulary from these lines "
                             f"({str(e).strip().splitlines()[0][:120]})") from None
@@ -96,11 +107,16 @@ class CharTokenizer:
         return ids
 
     def encode_batch(self, lines, length):
-        """An int64 array (len(lines), length); lines must already fit."""
-        out = np.full((len(lines), length), PAD, dtype=np.int64)
-        for i, line in enumerate(lines):
-            out[i, :len(line)] = [self.index.get(c, UNK) for c in line]
-        return out
+        """An int64 array (len(lines), length): ``encode`` of each line; lines must fit."""
+        lines = list(lines)
+        text = "".join(line.ljust(length, "\0") for line in lines)
+        # UTF-32 is one 4-byte code point a character; surrogatepass lets a lone
+        # surrogate (from a command line's undecodable bytes) through, to become <unk>.
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        ids = self.lookup[codes.reshape(len(lines), length)].astype(np.int64)
+        lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+        ids[np.arange(length) >= lengths[:, None]] = PAD
+        return ids
 
     def decode(self, ids, unk="□"):
         """Text of ``ids``, stopping at the first <pad>; <unk> shows as ``unk``."""

@@ -36,7 +36,7 @@ from .run import (CKPT_DIR, CURVES, METRICS, SUMMARY, append_metrics, clean_temp
                   has_checkpoint, load_checkpoint, open_run_folder, read_metrics,
                   read_saved_config, save_checkpoint, save_run, save_weights)
 from .tokenizer import PAD, CharTokenizer
-from .tokens import TokenIds, cache_file
+from .tokens import TokenIds, cache_file, epoch_order
 
 INTERRUPTED = 130
 # Steps between the loop's looks at device values (a non-finite loss, a stop on another
@@ -170,13 +170,6 @@ class StopRequested:
 def lr_at(step, total, base):
     """Cosine decay from base to base/10 (keeps late steps from undoing the KL balance)."""
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0))))
-
-
-def epoch_order(n, seed, epoch):
-    """The shuffled order of epoch ``epoch``. Seeded by the pair (seed, epoch), so seed s
-    is not seed s + 1 shifted by an epoch, as ``seed + epoch`` would make it."""
-    key = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-    return torch.randperm(n, generator=torch.Generator().manual_seed(key))
 
 
 @torch.no_grad()
@@ -318,9 +311,9 @@ class Trainer:
         # writes it), read a batch at a time on a CPU, held on the device on a GPU.
         ids = self.group.first(lambda: str(cache_file(corpus, tok, corpus.max_len)))
         self.data = TokenIds(ids, corpus.max_len, self.device)
-        valid = corpus.splits["valid"] or corpus.train[:1000]
+        valid = corpus.splits["valid"] or corpus.train.head(1000)
         self.valid = torch.from_numpy(tok.encode_batch(valid, corpus.max_len)).to(self.device)
-        self.lengths = corpus.form().lengths  # for validation's decoding
+        self.lengths = corpus.form.lengths  # for validation's decoding
         self.per_epoch = math.ceil(len(self.data) / tc.batch_size)
         self.total = tc.total_steps(self.per_epoch)
         self.beta = KLSchedule(tc.kl_schedule, tc.beta_max, self.total, tc.kl_warmup,
@@ -424,7 +417,7 @@ class Trainer:
         with StopRequested() as stop:
             try:
                 while self.step < self.total:
-                    order = epoch_order(len(self.data), self.tc.seed, self.epoch).to(self.device)
+                    order = epoch_order(len(self.data), self.tc.seed, self.epoch, self.device)
                     while self.batch_pos < self.per_epoch and self.step < self.total:
                         b = self.batch_pos * self.tc.batch_size
                         ids = order[b:b + self.tc.batch_size]       # the global batch
