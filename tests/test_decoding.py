@@ -99,9 +99,11 @@ def test_fitting_z_brings_back_lines_the_encoder_places_badly(overfit_run):
 def test_repeat_penalty_covers_the_whole_line_but_not_padding():
     from textvae.generate import _penalise_repeats
     from textvae.tokenizer import PAD
-    ids = torch.tensor([[5, -1, 7, PAD, PAD]])
-    out = _penalise_repeats(torch.zeros(1, 5, 10), ids, 1.0)
-    assert out[0, 1, 5] == -1 and out[0, 1, 7] == -1       # held two and one positions away
-    assert out[0, 0, 7] == -1 and out[0, 0, 5] == 0        # a position does not count itself
-    assert out[0, 3, PAD] == 0                              # a short line's end stays free
-    assert out[0, 1].sum() == -2
+    # Line 0: positions 1 and 3 re-predicted (-1); line 1: position 0, its line holding
+    # the same character twice.
+    ids = torch.tensor([[5, -1, 7, -1, PAD], [-1, 6, 6, PAD, PAD]])
+    out = _penalise_repeats(torch.zeros(3, 10), torch.tensor([0, 0, 1]), ids, 1.0)
+    assert out[0, 5] == -1 and out[0, 7] == -1 and out[1, 5] == -1   # the whole line
+    assert out[0].sum() == -2 and out[1].sum() == -2
+    assert out[2, 6] == -1 and out[2].sum() == -1      # held twice, lowered once
+    assert (out[:, PAD] == 0).all()                    # a short line's end stays free

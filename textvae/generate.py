@@ -72,38 +72,44 @@ def banned_for(lengths, max_len):
 
 
 def _prob_of(logits, ids):
-    """Probability (B, L) of the chosen ids under logits (B, L, V)."""
+    """Probability (n,) of the chosen ids (n,) under logits (n, V)."""
     return logits.softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
 def choose(logits, sc: SampleConfig, gen=None):
-    """Characters from logits (B, L, V) whose banned entries are -inf: greedy or top-k."""
+    """Characters (n,) from logits (n, V) whose banned entries are -inf: greedy or top-k."""
     if sc.top_k == 0:
         return logits.argmax(-1)
     top, idx = logits.topk(min(sc.top_k, logits.shape[-1]), dim=-1)
     probs = torch.softmax(top / sc.temperature, dim=-1)
-    drawn = torch.multinomial(probs.flatten(0, 1), 1, generator=gen).view(probs.shape[:2])
-    return idx.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
+    drawn = torch.multinomial(probs, 1, generator=gen)
+    return idx.gather(-1, drawn).squeeze(-1)
 
 
-def _ban(logits, banned, min_len, given=None, allowed=None):
-    """Float logits with banned ids at -inf. Where <pad> may end a line, it is banned
-    before the corpus' shortest length and, with ``given`` (B, L; -1 = free), before
-    the last given character, so no line is empty and no completion ends early.
-    ``allowed`` (B, L, V) bool, optional: only those characters at each position (the
-    tones and rhymes of a form)."""
-    logits = logits.float().clone()
-    logits[..., banned] = float("-inf")
+def _ban(logits, at, banned, min_len, given=None, allowed=None):
+    """Float logits (n, V) of the positions ``at`` = (lines, positions), with banned ids
+    at -inf; changed in place (callers pass logits just computed). Where <pad> may end a
+    line, it is banned before the corpus' shortest length and, with ``given`` (B, L; -1
+    = free), before the last given character, so no line is empty and no completion
+    ends early. ``allowed`` (B, L, V) bool, optional: only those characters at each
+    position (the tones and rhymes of a form)."""
+    logits = logits.float()
+    logits[:, banned] = float("-inf")
+    lines, pos = at
     if allowed is not None:
-        logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+        logits.masked_fill_(~allowed.to(logits.device)[lines, pos], float("-inf"))
     if PAD not in banned:
-        B, L = logits.shape[:2]
-        pos = torch.arange(L, device=logits.device)
-        last = torch.full((B,), min_len - 1, device=logits.device)
+        last = torch.full_like(pos, min_len - 1)   # no <pad> before this position
         if given is not None:
-            last = torch.maximum(last, torch.where(given >= 0, pos, -1).amax(1))
-        logits[..., PAD] = logits[..., PAD].masked_fill(pos < last.unsqueeze(1), float("-inf"))
+            where = torch.where(given >= 0, torch.arange(given.shape[1], device=pos.device), -1)
+            last = torch.maximum(last, where.amax(1)[lines])
+        logits[:, PAD].masked_fill_(pos < last, float("-inf"))
     return logits
+
+
+def every_position(B, L, device):
+    """``at`` for all positions of B lines: (lines, positions), row-major like (B, L)."""
+    return torch.ones(B, L, dtype=torch.bool, device=device).nonzero(as_tuple=True)
 
 
 def write_lines(run, z, noise, sc: SampleConfig = SampleConfig(), given=None, gen=None,
@@ -127,9 +133,11 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
     if given is not None:
         given = given.to(z.device)
     draft = model.decoder.features(z)                                       # (B, L, H)
-    logits = _ban(model.decoder.out(draft), banned, min_len, given, allowed)
-    ids = choose(logits, sc, gen)
-    conf = _prob_of(logits, ids)                                            # (B, L)
+    B, L = draft.shape[:2]
+    at = every_position(B, L, z.device)
+    logits = _ban(model.decoder.out(draft).flatten(0, 1), at, banned, min_len, given, allowed)
+    ids = choose(logits, sc, gen).view(B, L)
+    conf = _prob_of(logits, ids.flatten()).view(B, L)
     levels = torch.as_tensor(noise, dtype=z.dtype, device=z.device).expand(len(z))
     # A z read at noise 0 is trusted entirely: the heads' draft is the line (the
     # refiner, measured, rewrote 9% of the characters the heads got right).
@@ -139,7 +147,6 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
         fixed |= given >= 0
     if model.refiner is None:
         return ids.cpu()
-    B, L = ids.shape
     free = (~fixed).sum(1, keepdim=True)                                    # (B, 1)
     T = passes or min(L, 10)
     for t in range(T):
@@ -148,29 +155,31 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
         masked = rank < n
         if not masked.any():
             break
+        # Only the masked positions are scored (the vocabulary-wide work is most of a
+        # pass after the Transformer layers), as rows (n, V) in masked's row-major order.
+        at = masked.nonzero(as_tuple=True)
         inp = ids.masked_fill(masked, model.refiner.mask_id)
-        logits = _ban(model.refiner(inp, z, levels, draft), banned, min_len, given, allowed)
-        logits = _penalise_repeats(logits, ids.masked_fill(masked, -1), sc.repeat_penalty)
+        logits = model.refiner(inp, z, levels, draft, at=masked)            # (n, V)
+        logits = _ban(logits, at, banned, min_len, given, allowed)
+        logits = _penalise_repeats(logits, at[0], ids.masked_fill(masked, -1),
+                                   sc.repeat_penalty)
         new = choose(logits, sc, gen)
-        ids = torch.where(masked, new, ids)
-        conf = torch.where(masked, _prob_of(logits, new), conf)
+        ids, conf = ids.index_put(at, new), conf.index_put(at, _prob_of(logits, new))
     return ids.cpu()
 
 
-def _penalise_repeats(logits, ids, penalty):
-    """Lower each position's logit of the characters other positions of its line hold
-    (ids -1: none). <pad> is exempt: a short line's end is <pad> repeated."""
+def _penalise_repeats(logits, lines, ids, penalty):
+    """Lower the logits (n, V) of masked positions of ``lines`` (n,) by ``penalty`` at
+    the characters the other positions of their line hold (ids (B, L), -1 at masked
+    positions). <pad> is exempt: a short line's end is <pad> repeated."""
     if penalty == 0:
         return logits
-    B, L, V = logits.shape
-    held = (ids >= 0) & (ids != PAD)                                        # (B, L)
-    safe = ids.clamp(min=0).unsqueeze(-1)                                   # (B, L, 1)
-    count = torch.zeros(B, V, device=logits.device).scatter_add_(1, safe[..., 0], held.float())
-    elsewhere = (count > 0).unsqueeze(1).expand(B, L, V).clone()            # (B, L, V)
-    # A position's own character is held elsewhere only if some other position has it.
-    alone = (held & (count.gather(1, safe[..., 0]) == 1)).unsqueeze(-1)     # (B, L, 1)
-    elsewhere.scatter_(2, safe, elsewhere.gather(2, safe) & ~alone)
-    return logits - penalty * elsewhere
+    held = ids[lines].sort(1).values                                        # (n, L)
+    # A character held twice is lowered once; -1 and <pad> add 0 (at <pad>'s column).
+    first = torch.ones_like(held, dtype=torch.bool)
+    first[:, 1:] = held[:, 1:] != held[:, :-1]
+    lower = ((held >= 0) & (held != PAD) & first).to(logits.dtype) * -penalty
+    return logits.scatter_add_(1, held.clamp(min=0), lower)   # in place: O(n L), not O(n V)
 
 
 def texts(run, ids):
@@ -317,7 +326,10 @@ def fit_z(run, idx, steps=30, lr=0.1, prior=0.1):
     opt = torch.optim.Adam([z], lr=lr)
     for _ in range(steps):
         with torch.no_grad():
-            todo = (_ban(model.decode(z), banned, min_len).argmax(-1) != idx).any(1)
+            logits = model.decode(z)
+            at = every_position(*logits.shape[:2], logits.device)
+            written = _ban(logits.flatten(0, 1), at, banned, min_len).argmax(-1)
+            todo = (written.view_as(idx) != idx).any(1)
         if not todo.any():
             break
         with torch.enable_grad():
