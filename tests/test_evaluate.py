@@ -133,3 +133,20 @@ def test_mutual_info_over_many_lines_stays_within_a_memory_budget(monkeypatch):
     mu, logvar = torch.zeros(20000, 64), torch.zeros(20000, 64)
     assert abs(mutual_info(mu, logvar, torch.Generator().manual_seed(0), budget=2 ** 22)) < 1e-3
     assert max(largest) <= 2 ** 22
+
+
+def test_judges_fit_on_a_sample_while_novelty_sees_every_training_line(overfit_run,
+                                                                        monkeypatch):
+    """A corpus past JUDGE_LINES: the judges see evenly spaced lines, and a sample is new
+    only if no training line (LineKeys over the whole split) is the same."""
+    import textvae.evaluate as ev
+    from textvae.data import LineKeys, corpus_of_run, evenly_spaced
+    train = list(corpus_of_run(overfit_run).train)
+    keys = LineKeys(train)
+    assert all(line in keys for line in train) and "山山山山山" not in keys
+    assert evenly_spaced(train, 3) == train[::3] and evenly_spaced(train, 100) == train
+    full = ev.evaluate_split(overfit_run, "train", iw_samples=0, n_samples=200, n_pairs=0)
+    monkeypatch.setattr(ev, "JUDGE_LINES", 2)
+    part = ev.evaluate_split(overfit_run, "train", iw_samples=0, n_samples=200, n_pairs=0)
+    assert part["novel"] == full["novel"] < 0.5  # the model writes back what it memorised
+    assert part["kn_bits"] != full["kn_bits"]    # a judge of 2 lines, not of 8

@@ -16,7 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpora import DEFAULT_DATA_DIR, RECIPES, SPLITS, cache_dir, prepare, split_file
+import numpy as np
+
+from .corpora import (DEFAULT_DATA_DIR, RECIPES, SPLITS, cache_dir, line_key, prepare,
+                      split_file)
 from .errors import UserError
 from .files import LineReader, read_json
 
@@ -67,6 +70,26 @@ class LineFile:
 
     def head(self, n):
         return list(itertools.islice(self, n))
+
+
+def evenly_spaced(lines, n):
+    """At most ``n`` of ``lines`` (a list or a LineFile), evenly spaced, as a list: all of
+    them up to n. What is fitted on a split that may not fit in memory sees this."""
+    return list(itertools.islice(lines, 0, None, -(-len(lines) // n) or 1))
+
+
+class LineKeys:
+    """Whether a line is in a split, without holding the split: the sorted 8-byte keys
+    (corpora.line_key) of its lines, 8 bytes a line (a set of str: ~100)."""
+
+    def __init__(self, lines):
+        keys = np.fromiter(map(line_key, lines), dtype=np.uint64, count=len(lines))
+        self.keys = np.sort(keys)
+
+    def __contains__(self, line):
+        key = np.uint64(line_key(line))
+        i = np.searchsorted(self.keys, key)
+        return bool(i < len(self.keys) and self.keys[i] == key)
 
 
 @dataclass

@@ -27,6 +27,8 @@ from .judge import CharBigram, CharKN, adjacent_repeat_share, chars_changed, dis
 from .model import gaussian_kl
 from .tokenizer import PAD, UNK
 
+JUDGE_LINES = 1_000_000  # training lines the judges are fitted on, at most
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -104,8 +106,11 @@ def active_units(mu, threshold=0.01):
 
 @torch.no_grad()
 def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=100,
-             batch_size=512, seed=0, progress=None, sc=None):
+             batch_size=512, seed=0, progress=None, sc=None, seen=None):
     """Every figure for ``lines`` (a split) of a loaded run; returns a flat dict.
+
+    ``train_lines``: the training lines the judges are fitted on; ``seen``: what a
+    sample is novel against (default: a set of train_lines).
 
     Likelihood figures are those of the VAE p(x|z) p(z) (the fan-out heads); every
     line the evaluation reads (reconstructions, samples, interpolations) is written by
@@ -122,7 +127,7 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
         out.update(iw_figures(run, idx, iw_samples, gen, progress))
     judge = CharKN(train_lines, len(run.tokenizer.chars)) if n_samples or n_pairs else None
     if n_samples > 0:
-        out.update(sample_figures(run, lines, train_lines, n_samples, seed, sc, judge))
+        out.update(sample_figures(run, lines, train_lines, n_samples, seed, sc, judge, seen))
     if n_pairs > 0 and len(lines) >= 2:
         out.update(interpolation_figures(run, lines, n_pairs, seed, sc, judge))
     return out
@@ -186,15 +191,16 @@ def iw_figures(run, idx, k, gen, progress=None):
     return {"iw_samples": k, "iw_nll": total / N, "iw_nll_per_char": total / n_chars}
 
 
-def sample_figures(run, lines, train_lines, n, seed, sc, judge):
+def sample_figures(run, lines, train_lines, n, seed, sc, judge, seen=None):
     """Samples from the prior against as many real lines, under judges fitted elsewhere."""
     return judge_samples(sample(run, n, sc), lines, train_lines, run.form,
-                         len(run.tokenizer.chars), seed, judge)
+                         len(run.tokenizer.chars), seed, judge, seen)
 
 
-def judge_samples(samples, lines, train_lines, form, vocab_size, seed=0, judge=None):
+def judge_samples(samples, lines, train_lines, form, vocab_size, seed=0, judge=None,
+                  seen=None):
     """Every sample figure for lines written by any system (the LM anchor too)."""
-    n, train_set = len(samples), set(train_lines)
+    n, train_set = len(samples), set(train_lines) if seen is None else seen
     judge = judge or CharKN(train_lines, vocab_size)
     rng = random.Random(seed)
     real = rng.sample(lines, min(n, len(lines)))
@@ -248,15 +254,18 @@ def evaluate_split(run, split="test", max_lines=0, seed=0, **kw):
     """``evaluate`` on a split of the corpus the run was trained on (read with the run's
     own settings). An empty split is an error; ``max_lines`` evaluates a random sample of
     that many lines (splits are stored sorted, so the first N would be a biased few)."""
-    from .data import corpus_of_run
+    from .data import LineKeys, corpus_of_run, evenly_spaced
     from .errors import UserError
     corpus = corpus_of_run(run)
-    lines = list(corpus.splits[split])  # the training split is a LineFile, read here
+    lines = list(corpus.splits[split])
     if not lines:
         raise UserError(f"the {split} split of {corpus.name} is empty")
     if 0 < max_lines < len(lines):
         lines = random.Random(seed).sample(lines, max_lines)
-    return {**evaluate(run, lines, list(corpus.train), seed=seed, **kw), "split": split,
+    # The judges are fitted on at most JUDGE_LINES training lines (a trigram table of 10M
+    # lines would not fit); novelty is checked against every training line, by key.
+    train, seen = evenly_spaced(corpus.train, JUDGE_LINES), LineKeys(corpus.train)
+    return {**evaluate(run, lines, train, seed=seed, seen=seen, **kw), "split": split,
             "corpus": corpus.name}
 
 

@@ -11,12 +11,12 @@ and control characters such as NUL, which sentencepiece never puts in a vocabula
 2 <s>, 3 </s> (reserved; the non-autoregressive model never needs them).
 """
 import io
-import itertools
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 
+from .data import evenly_spaced
 from .errors import UserError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -50,9 +50,8 @@ class CharTokenizer:
         if vocab_size < 5:
             raise UserError(f"--vocab-size must be at least 5, got {vocab_size}")
         proto = io.BytesIO()
-        step = -(-len(lines) // FIT_LINES)  # ceil: 1 up to FIT_LINES lines
         try:
-            cls._fit(itertools.islice(lines, 0, None, step), vocab_size, proto)
+            cls._fit(evenly_spaced(lines, FIT_LINES), vocab_size, proto)
         except RuntimeError as e:  # e.g. lines made only of control characters
             raise UserError(f"cannot build a vocabulary from these lines "
                             f"({str(e).strip().splitlines()[0][:120]})") from None
