@@ -46,7 +46,7 @@ class CharTokenizer:
         """Fit the vocabulary on ``lines`` (a list, or any sized iterable read once): the
         ``vocab_size - 4`` most frequent characters, counted on every line up to FIT_LINES
         and beyond that on an evenly spaced FIT_LINES of them (sentencepiece holds what it
-        is given, ~50 bytes a line; the frequent characters of 2M lines are those of all)."""
+        is given, ~50 bytes a line; only characters near the cap in frequency can differ)."""
         if vocab_size < 5:
             raise UserError(f"--vocab-size must be at least 5, got {vocab_size}")
         proto = io.BytesIO()
