@@ -260,10 +260,9 @@ def split_file(reader, out_dir, meta):
 
     def fill(tmp):
         counts, i = dict.fromkeys(SPLITS, 0), -1
-        files = {s: open(tmp / f"{s}.txt", "w", encoding="utf-8") for s in SPLITS}
         with contextlib.ExitStack() as stack:
-            for f in files.values():
-                stack.enter_context(f)
+            files = {s: stack.enter_context(open(tmp / f"{s}.txt", "w", encoding="utf-8"))
+                     for s in SPLITS}
             for i, line in enumerate(reader):
                 if i >= len(keep):
                     break

@@ -62,14 +62,18 @@ class LineFile:
         return self.count
 
     def __iter__(self):
-        with open(self.path, encoding="utf-8", newline="\n") as f:
-            for line in f:
-                line = line.removesuffix("\n")
-                if len(line) <= self.max_len:
-                    yield line
+        return (line for line in split_lines(self.path) if len(line) <= self.max_len)
 
     def head(self, n):
         return list(itertools.islice(self, n))
+
+
+def split_lines(path):
+    """Every line of a prepared split file (one line each, as write_splits and
+    split_file write them), read as iterated."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        for line in f:
+            yield line.removesuffix("\n")
 
 
 def evenly_spaced(lines, n):
@@ -135,7 +139,7 @@ def load_corpus(spec, data_dir=DEFAULT_DATA_DIR, max_len=0, skip_bad_lines=False
         bad = read_json(folder / "meta.json").get("not_utf8", 0)
     if max_len < 0:
         raise UserError(f"--max-len must be positive, got {max_len}")
-    counts = Counter(map(len, LineFile(folder / "train.txt", float("inf"), 0)))
+    counts = Counter(map(len, split_lines(folder / "train.txt")))
     if not counts:
         raise UserError(f"corpus {spec} has no lines in its training split")
     max_len = max_len or min(max(counts), LONGEST_DEFAULT)
@@ -143,7 +147,7 @@ def load_corpus(spec, data_dir=DEFAULT_DATA_DIR, max_len=0, skip_bad_lines=False
     splits = {"train": LineFile(folder / "train.txt", max_len, kept)}
     skipped = {"too_long": sum(counts.values()) - kept}
     for s in SPLITS[1:]:
-        lines = list(LineFile(folder / f"{s}.txt", float("inf"), 0))
+        lines = list(split_lines(folder / f"{s}.txt"))
         splits[s] = [x for x in lines if len(x) <= max_len]
         skipped["too_long"] += len(lines) - len(splits[s])
     if bad:
@@ -162,14 +166,11 @@ def prepared_file(path, skip_bad_lines=False):
     folder = cache_dir() / "corpora" / f"{Path(path).stem}-{key[:16]}"
     if not (folder / "meta.json").exists():
         try:
-            counts = split_file(reader, folder, {"source": str(Path(path).resolve())})
+            split_file(reader, folder, {"source": str(Path(path).resolve())})
         except OSError as e:
             raise UserError(f"cannot write the prepared corpus {folder} "
                             f"({e.strerror or e}); set TEXTVAE_CACHE to a writable folder") \
                 from None
-        if not counts["train"]:
-            raise UserError(f"corpus {path} has no lines in its training split "
-                            f"({sum(counts.values())} lines in all)")
     return folder
 
 
