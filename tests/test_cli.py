@@ -154,7 +154,7 @@ def test_existing_run_folder_is_not_overwritten(cli_run, tmp_path):
     (["reconstruct", "白日依山尽白"], "at most 5"),
     (["encode", ""], "empty"),
     (["interpolate", "白日依山尽", "床前明月光", "--steps", "1"], "--steps"),
-    (["sample", "--temperature", "0"], "--temperature"),
+    (["sample", "--temperature", "-1"], "--temperature"),
     (["sample", "--top-k", "-2"], "--top-k"),
     (["sample", "--num", "0"], "--num"),
     (["sample", "--keywords", "月秋"], "--keywords"),

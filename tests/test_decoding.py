@@ -107,3 +107,28 @@ def test_repeat_penalty_covers_the_whole_line_but_not_padding():
     assert out[0].sum() == -2 and out[1].sum() == -2
     assert out[2, 6] == -1 and out[2].sum() == -1      # held twice, lowered once
     assert (out[:, PAD] == 0).all()                    # a short line's end stays free
+
+
+def test_a_draw_follows_the_softmax_at_its_temperature_and_top_k():
+    logits = torch.tensor([[2.0, 1.0, 0.0]]).expand(40000, 3)
+    gen = torch.Generator().manual_seed(0)
+    for sc, expected in [(SampleConfig(temperature=0.8), torch.softmax(logits[0] / 0.8, 0)),
+                         (SampleConfig(temperature=2.0, top_k=2),
+                          torch.cat([torch.softmax(logits[0, :2] / 2.0, 0), torch.zeros(1)]))]:
+        drawn = generate.choose(logits, sc, gen)
+        freq = torch.bincount(drawn, minlength=3).float() / len(drawn)
+        assert torch.allclose(freq, expected, atol=0.01), (sc, freq, expected)
+    assert (generate.choose(logits, SampleConfig(temperature=0)) == 0).all()
+
+
+def test_an_interpolation_shares_its_draws_so_equal_points_write_equal_lines(overfit_run):
+    # Every point of a path from a line to itself has the same z: with one draw's noise
+    # for the whole path, all eight lines are one, however hot the sampling.
+    sc = SampleConfig(temperature=5.0, keep=1.0, noise=1.0)
+    path = generate.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[0], sc=sc)
+    assert len(set(path[1:-1])) == 1
+
+
+def test_a_reconstruction_is_the_heads_most_likely_line_at_any_temperature(overfit_run):
+    sc = SampleConfig(temperature=50.0)
+    assert generate.reconstruct(overfit_run, POEM_LINES, sc=sc) == POEM_LINES

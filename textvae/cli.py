@@ -140,9 +140,10 @@ def _sampling(sp):
     sp.add_argument("--seed", type=int, default=d.seed,
                     help="same seed, same output; another seed, independent output")
     sp.add_argument("--temperature", type=float, default=d.temperature,
-                    help="softmax temperature of --top-k sampling (> 0)")
+                    help="characters are drawn from softmax(logits / T); 0: the most "
+                         f"likely, greedily (default: {d.temperature})")
     sp.add_argument("--top-k", type=int, default=d.top_k,
-                    help="0: greedy per position; k: sample among the k most likely")
+                    help="k > 0: draw among the k most likely only; 0: among all")
     sp.add_argument("--noise", type=float, default=d.noise,
                     help="how loosely the refiner reads z, 0 (exactly) to 1 (not at "
                          f"all) (default: {d.noise})")

@@ -4,15 +4,15 @@ Every line is written by one decoding path, ``write_lines(run, z, noise, ...)``:
   1. the fan-out heads decode z into a draft, one character per position;
   2. draft characters the heads are sure of (probability >= ``keep``) stay, and so do
      characters the user gave;
-  3. the refiner re-predicts the rest for a few parallel passes (mask-predict): each pass
-     masks the least confident of the free positions, fewer every pass, and re-predicts
-     them from z and the characters around them.
+  3. the refiner writes the rest left to right, each character from z, the draft and
+     the characters before it (a given or kept character later in the line is held
+     where it is).
 ``noise`` is the level at which the refiner reads z (see model.py): 0 for a line's own
 posterior mean (reconstruction keeps what z says), ``SampleConfig.noise`` for z drawn
 from the prior or lying between two lines.
 
-Characters are picked greedily, or with ``top_k`` > 0 sampled among the k most likely at
-``temperature``. <unk>, <s> and </s> are never emitted; <pad> (the end of a shorter line)
+Characters are drawn at ``temperature`` (0: the most likely, greedily), among the
+``top_k`` most likely if that is > 0. <unk>, <s> and </s> are never emitted; <pad> (the end of a shorter line)
 only on corpora with lines of several lengths, and never before a given character.
 """
 import math
@@ -27,10 +27,11 @@ from .tokenizer import BOS, EOS, PAD, UNK
 
 @dataclass
 class SampleConfig:
-    temperature: float = 1.0  # softmax temperature of top-k sampling (greedy ignores it)
-    top_k: int = 0            # 0: greedy per position; k > 0: sample among the k best
+    temperature: float = 0.8  # characters are drawn from softmax(logits / temperature);
+                              # 0: the most likely one (greedy)
+    top_k: int = 0            # k > 0: draw among the k most likely only; 0: among all
     seed: int = 0             # same seed, same poems; different seeds, independent poems
-    noise: float = 0.6        # level at which the refiner reads a prior z: 0 trusts z
+    noise: float = 0.5        # level at which the refiner reads a prior z: 0 trusts z
                               # fully, 1 ignores it; higher is more fluent but less varied
     keep: float = 0.9         # draft characters at least this likely are never re-predicted
     repeat_penalty: float = 1.0  # nats taken from a character's logit where another
@@ -44,8 +45,8 @@ class SampleConfig:
     keywords: str = ""        # characters, comma-separated: each line holds one, in turn
 
     def __post_init__(self):
-        if not self.temperature > 0:
-            raise UserError(f"--temperature must be > 0, got {self.temperature}")
+        if not self.temperature >= 0:
+            raise UserError(f"--temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise UserError(f"--top-k must be >= 0, got {self.top_k}")
         if not 0 <= self.noise <= 1:
@@ -76,14 +77,26 @@ def _prob_of(logits, ids):
     return logits.softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
-def choose(logits, sc: SampleConfig, gen=None):
-    """Characters (n,) from logits (n, V) whose banned entries are -inf: greedy or top-k."""
-    if sc.top_k == 0:
+def choose(logits, sc: SampleConfig, gen=None, gumbel=None):
+    """Characters (n,) from logits (n, V) whose banned entries are -inf: greedy at
+    temperature 0, else drawn at ``temperature`` (among the ``top_k`` best if > 0).
+    ``gumbel`` (n, V), optional: the draw's noise, given (Gumbel-max: argmax of
+    logits / T + Gumbel noise is a draw from softmax(logits / T)), so that lines
+    written with the same noise from nearby z differ only where their logits do."""
+    if sc.temperature == 0:
         return logits.argmax(-1)
-    top, idx = logits.topk(min(sc.top_k, logits.shape[-1]), dim=-1)
-    probs = torch.softmax(top / sc.temperature, dim=-1)
-    drawn = torch.multinomial(probs, 1, generator=gen)
-    return idx.gather(-1, drawn).squeeze(-1)
+    if sc.top_k:
+        kth = logits.topk(min(sc.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if gumbel is None:
+        gumbel = gumbel_noise(logits.shape, gen).to(logits.device)
+    return (logits / sc.temperature + gumbel).argmax(-1)
+
+
+def gumbel_noise(shape, gen=None):
+    """-log(-log U), U ~ U(0, 1): the noise of a Gumbel-max draw."""
+    u = torch.rand(shape, generator=gen).clamp_(1e-10, 1 - 1e-7)
+    return -(-u.log()).log()
 
 
 def _ban(logits, at, banned, min_len, given=None, allowed=None):
@@ -113,19 +126,19 @@ def every_position(B, L, device):
 
 
 def write_lines(run, z, noise, sc: SampleConfig = SampleConfig(), given=None, gen=None,
-                passes=0, allowed=None):
+                allowed=None, gumbel=None):
     """Token ids (B, L) written from z (B, D) by the full decoding path (module docstring).
 
     given: optional (B, L) ids, -1 where free; those characters are kept as they are.
-    passes: refinement passes (0: one per position, at most 10).
     allowed: optional (B, L, V) bool, the only characters each position may take.
+    gumbel: optional (B, L, V), the noise of each position's draw (``choose``).
     """
-    return write_ids(run.model, run.form.lengths, z, noise, sc, given, gen, passes, allowed)
+    return write_ids(run.model, run.form.lengths, z, noise, sc, given, gen, allowed, gumbel)
 
 
 @torch.no_grad()
 def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given=None,
-              gen=None, passes=0, allowed=None):
+              gen=None, allowed=None, gumbel=None):
     """``write_lines`` for a bare model and its corpus' line lengths (the trainer has no
     run yet)."""
     banned, min_len = banned_for(lengths, model.cfg.max_len), min(lengths)
@@ -136,7 +149,9 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
     B, L = draft.shape[:2]
     at = every_position(B, L, z.device)
     logits = _ban(model.decoder.out(draft).flatten(0, 1), at, banned, min_len, given, allowed)
-    ids = choose(logits, sc, gen).view(B, L)
+    # The draft is what the heads say, so it is their most likely character (drawn at a
+    # temperature, a reconstruction would no longer return its line).
+    ids = logits.argmax(-1).view(B, L)
     conf = _prob_of(logits, ids.flatten()).view(B, L)
     levels = torch.as_tensor(noise, dtype=z.dtype, device=z.device).expand(len(z))
     # A z read at noise 0 is trusted entirely: the heads' draft is the line (the
@@ -147,24 +162,21 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
         fixed |= given >= 0
     if model.refiner is None:
         return ids.cpu()
-    free = (~fixed).sum(1, keepdim=True)                                    # (B, 1)
-    T = passes or min(L, 10)
-    for t in range(T):
-        n = torch.ceil(free * (T - t) / T)                                  # to re-mask
-        rank = conf.masked_fill(fixed, float("inf")).argsort(1).argsort(1)  # 0 = least sure
-        masked = rank < n
-        if not masked.any():
-            break
-        # Only the masked positions are scored (the vocabulary-wide work is most of a
-        # pass after the Transformer layers), as rows (n, V) in masked's row-major order.
-        at = masked.nonzero(as_tuple=True)
-        inp = ids.masked_fill(masked, model.refiner.mask_id)
-        logits = model.refiner(inp, z, levels, draft, at=masked)            # (n, V)
+    for t in range(L):  # left to right; each pass reads only the characters before t
+        col = torch.zeros_like(fixed)
+        col[:, t] = True
+        write = col & ~fixed
+        if not write.any():
+            continue
+        at = write.nonzero(as_tuple=True)
+        logits = model.refiner(ids, z, levels, draft, at=write)             # (n, V)
         logits = _ban(logits, at, banned, min_len, given, allowed)
-        logits = _penalise_repeats(logits, at[0], ids.masked_fill(masked, -1),
+        # Repeats are counted against the characters already written and those fixed.
+        settled = (torch.arange(L, device=ids.device) < t) | fixed
+        logits = _penalise_repeats(logits, at[0], ids.masked_fill(~settled, -1),
                                    sc.repeat_penalty)
-        new = choose(logits, sc, gen)
-        ids, conf = ids.index_put(at, new), conf.index_put(at, _prob_of(logits, new))
+        drawn = None if gumbel is None else gumbel.to(z.device)[at]
+        ids = ids.index_put(at, choose(logits, sc, gen, drawn))
     return ids.cpu()
 
 
@@ -396,7 +408,12 @@ def interpolate_pairs(run, pairs, steps=8, how="linear", allow_unk=False,
     ends = given_z(run, [line for pair in pairs for line in pair], allow_unk, sc).cpu()
     z = torch.cat([path_z(ends[2 * i], ends[2 * i + 1], steps, how) for i in range(len(pairs))])
     noise = sc.noise * torch.sin(torch.pi * torch.linspace(0, 1, steps)).clamp(min=0)
-    lines = texts(run, write_lines(run, z, noise.repeat(len(pairs)), sc))
+    # One draw's noise for every point of a path: neighbouring points write the same
+    # character wherever their logits are close, so the path blends instead of jumping.
+    gen = torch.Generator().manual_seed(sc.seed)
+    shared = gumbel_noise((len(pairs), run.max_len, run.model.cfg.vocab_size), gen)
+    lines = texts(run, write_lines(run, z, noise.repeat(len(pairs)), sc,
+                                   gumbel=shared.repeat_interleave(steps, 0)))
     return [lines[i * steps:(i + 1) * steps] for i in range(len(pairs))]
 
 
