@@ -33,7 +33,7 @@ class SampleConfig:
     seed: int = 0             # same seed, same poems; different seeds, independent poems
     noise: float = 0.5        # level at which the refiner reads a prior z: 0 trusts z
                               # fully, 1 ignores it; higher is more fluent but less varied
-    keep: float = 0.9         # draft characters at least this likely are never re-predicted
+    keep: float = 0.9         # draft characters at least this likely are never rewritten
     repeat_penalty: float = 1.0  # nats taken from a character's logit where another
                                  # position of the line has it (Keskar et al. 2019):
                                  # without, 10.7% of samples repeat a character, real
@@ -181,8 +181,8 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
 
 
 def _penalise_repeats(logits, lines, ids, penalty):
-    """Lower the logits (n, V) of masked positions of ``lines`` (n,) by ``penalty`` at
-    the characters the other positions of their line hold (ids (B, L), -1 at masked
+    """Lower the logits (n, V) of positions being written in ``lines`` (n,) by ``penalty``
+    at the characters their line already holds (ids (B, L), -1 at unsettled
     positions). <pad> is exempt: a short line's end is <pad> repeated."""
     if penalty == 0:
         return logits

@@ -313,7 +313,7 @@ class TextVAE(nn.Module):
         <pad>, so a variable-length corpus learns where lines end).
         kl_loss: the true KL, reported; the optimised term floors each dimension's
         batch-mean KL at ``free_bits`` so no dimension is pushed all the way to the prior.
-        ref: the refiner's masked-character loss (nats per line), added to the loss.
+        ref: the refiner's cross-entropy (nats per line), added to the loss.
         mu: the posterior means, for callers that also measure reconstruction.
         """
         mu, logvar = self.encode(idx)
