@@ -162,6 +162,8 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
         fixed |= given >= 0
     if model.refiner is None:
         return ids.cpu()
+    if gumbel is not None:
+        gumbel = gumbel.to(z.device)  # once, not at every pass
     for t in range(L):  # left to right; each pass reads only the characters before t
         col = torch.zeros_like(fixed)
         col[:, t] = True
@@ -175,7 +177,7 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
         settled = (torch.arange(L, device=ids.device) < t) | fixed
         logits = _penalise_repeats(logits, at[0], ids.masked_fill(~settled, -1),
                                    sc.repeat_penalty)
-        drawn = None if gumbel is None else gumbel.to(z.device)[at]
+        drawn = None if gumbel is None else gumbel[at]
         ids = ids.index_put(at, choose(logits, sc, gen, drawn))
     return ids.cpu()
 
