@@ -208,6 +208,10 @@ def generate_parser():
     s.add_argument("--steps", type=int, default=8, help="points on the path, ends included")
     s.add_argument("--how", choices=("linear", "spherical", "both"), default="both")
     _sampling(s)
+    s.add_argument("--stay", type=float, default=SampleConfig.stay,
+                   help="nats added to the character the previous point of the path has "
+                        f"at the same position: more, fewer changes a step (default: "
+                        f"{SampleConfig.stay})")
     _fitting(s)
     s.add_argument("--allow-unk", action="store_true",
                    help="map characters outside the vocabulary to <unk> instead of failing")
