@@ -70,6 +70,35 @@ def test_run_folder_is_self_contained(overfit_run):
     assert config["model"]["max_len"] == 5 and config["data"]["form"]["lengths"] == [5]
 
 
+def test_long_lines_take_fewer_lines_a_step(tmp_path, monkeypatch):
+    # A step holds at most batch_chars positions: lines of 20 characters, 50 positions
+    # a step, so 2 lines a step where 8 lines of 5 would fit.
+    from textvae.config import TrainConfig
+    from textvae.model import TextVAE, VAEConfig
+    from textvae.trainer import schedule_of, train
+    from .conftest import write_corpus
+    real_loss, sizes = TextVAE.loss, []
+
+    def recording(self, idx, *args, **kwargs):
+        if self.training:
+            sizes.append(len(idx))
+        return real_loss(self, idx, *args, **kwargs)
+    monkeypatch.setattr(TextVAE, "loss", recording)
+    lines = [(s * 4)[:19 + i % 2] for i, s in enumerate(POEM_LINES)]  # 19 and 20 long
+    corpus = write_corpus(tmp_path / "c.txt", lines)
+    tc = TrainConfig(corpus=str(corpus), out=str(tmp_path / "run"), epochs=1, min_steps=0,
+                     batch_size=8, batch_chars=50, iw_samples=0, amp="off")
+    mc = VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8, refiner_dim=8,
+                   refiner_heads=2)
+    train(tc, mc, log=lambda *a: None)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    n = config["data"]["counts"]["train"]
+    assert sizes == [2] * (n // 2) + [n % 2] * (n % 2)    # one epoch, 2 lines a step
+    assert schedule_of(config).total_steps == len(sizes)  # as the trainer counted
+    assert TrainConfig().lines_per_step(5) == TrainConfig().lines_per_step(7) == 256
+    assert TrainConfig(batch_chars=0).lines_per_step(60) == 256
+
+
 def test_a_nan_loss_stops_the_run_and_the_newest_checkpoint_is_from_good_steps(
         tmp_path, monkeypatch):
     from textvae.config import TrainConfig

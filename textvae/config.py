@@ -21,7 +21,10 @@ class TrainConfig:
     min_steps: int = 3000         # a small corpus still trains this many steps (10k lines
                                   # at 2.4 epochs would be only ~100 steps)
     max_steps: int = 0            # > 0: train exactly this many steps, whatever --epochs
-    batch_size: int = 256         # lines per step
+    batch_size: int = 256         # lines per step, at most; see batch_chars
+    batch_chars: int = 2048       # a step holds at most this many positions, so long
+                                  # lines take fewer a step (256 of 5 or 7 characters, 34
+                                  # of 60: a step costs about the same); 0: no limit
     lr: float = 2e-3              # Adam; cosine-decayed to lr/10 over the run
     weight_decay: float = 0.0     # Adam's L2 penalty
     grad_clip: float = 1.0        # max global grad norm; 0 disables
@@ -57,9 +60,16 @@ class TrainConfig:
         for name in ("epochs", "lr"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("free_bits", "iw_samples", "max_len", "min_steps", "max_steps"):
+        for name in ("free_bits", "iw_samples", "max_len", "min_steps", "max_steps",
+                     "batch_chars"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+
+    def lines_per_step(self, max_len):
+        """batch_size, or fewer lines where batch_chars positions would not hold them."""
+        if not self.batch_chars:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.batch_chars // max(max_len, 1)))
 
     def total_steps(self, steps_per_epoch):
         if self.max_steps:

@@ -314,7 +314,8 @@ class Trainer:
         valid = corpus.splits["valid"] or corpus.train.head(1000)
         self.valid = torch.from_numpy(tok.encode_batch(valid, corpus.max_len)).to(self.device)
         self.lengths = corpus.form.lengths  # for validation's decoding
-        self.per_epoch = math.ceil(len(self.data) / tc.batch_size)
+        self.batch = tc.lines_per_step(corpus.max_len)
+        self.per_epoch = math.ceil(len(self.data) / self.batch)
         self.total = tc.total_steps(self.per_epoch)
         self.beta = KLSchedule(tc.kl_schedule, tc.beta_max, self.total, tc.kl_warmup,
                                tc.kl_cycles, tc.kl_ratio)
@@ -407,8 +408,8 @@ class Trainer:
     def run(self):
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"{self.corpus_line}; model {n_params / 1e6:.2f}M params on {self.device}; "
-                 f"{self.total} steps ({self.total / self.per_epoch:.3g} epochs of "
-                 f"{self.per_epoch})")
+                 f"{self.total} steps of {self.batch} lines ({self.total / self.per_epoch:.3g} "
+                 f"epochs of {self.per_epoch})")
         self.model.train()
         bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step",
                    dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
@@ -419,8 +420,8 @@ class Trainer:
                 while self.step < self.total:
                     order = epoch_order(len(self.data), self.tc.seed, self.epoch, self.device)
                     while self.batch_pos < self.per_epoch and self.step < self.total:
-                        b = self.batch_pos * self.tc.batch_size
-                        ids = order[b:b + self.tc.batch_size]       # the global batch
+                        b = self.batch_pos * self.batch
+                        ids = order[b:b + self.batch]               # the global batch
                         mine, weight = shard(ids, self.group)
                         terms = self.train_step(self.data.batch(mine), weight)
                         self.step, self.batch_pos, seen = self.step + 1, self.batch_pos + 1, \
@@ -525,7 +526,8 @@ def write_curves(out, beta, log=print):
 def schedule_of(config):
     """The KL schedule of a saved run (config.json), as its trainer built it."""
     tc = TrainConfig(**config["train"])
-    total = tc.total_steps(math.ceil(config["data"]["counts"]["train"] / tc.batch_size))
+    batch = tc.lines_per_step(config["model"]["max_len"])
+    total = tc.total_steps(math.ceil(config["data"]["counts"]["train"] / batch))
     return KLSchedule(tc.kl_schedule, tc.beta_max, total, tc.kl_warmup, tc.kl_cycles,
                       tc.kl_ratio)
 
