@@ -107,6 +107,24 @@ def test_distinct_n_counts_unique_ngrams():
     assert distinct_n(["abcd", "abcd"], 2) == 0.5
 
 
+def test_distinct_n_compares_as_many_samples_as_real_lines():
+    # Two real lines against 100 samples that use the same two lines: equally varied.
+    from textvae.data import Form
+    from textvae.evaluate import judge_samples
+    real = ["ab", "cd"]
+    res = judge_samples(["ab", "cd"] + ["ab"] * 98, real, real * 10, Form([2], {}), 4)
+    assert res["distinct_1"] == res["distinct_1_real"] == 1.0
+    assert res["distinct_2"] == res["distinct_2_real"] == 1.0
+
+
+def test_known_words_are_checked_for_spaced_scripts_only():
+    from textvae.judge import known_word_share
+    train = ["Shall I compare thee to a summer's day?", "Thou art more lovely"]
+    assert known_word_share(["shall thee, summer's DAY"], train) == 1.0
+    assert known_word_share(["Shal I comapre thee"], train) == 0.5   # shal, comapre
+    assert known_word_share(["白日依山尽"], ["白日依山尽", "黄河入海流"]) is None
+
+
 def test_kneser_ney_trigram_is_a_distribution_and_prefers_real_lines():
     from textvae.judge import EOS, CharKN
     vocab = sorted(set("".join(ENGLISH)))

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .generate import SampleConfig, fit_z, sample, write_lines
-from .judge import CharBigram, CharKN, adjacent_repeat_share, chars_changed, distinct_n
+from .judge import (CharBigram, CharKN, adjacent_repeat_share, chars_changed, distinct_n,
+                    known_word_share)
 from .model import gaussian_kl
 from .tokenizer import PAD, UNK
 
@@ -211,8 +212,10 @@ def judge_samples(samples, lines, train_lines, form, vocab_size, seed=0, judge=N
         "well_formed": sum(form.matches(s) and "□" not in s for s in samples) / n,
         "novel": sum(s not in train_set for s in samples) / n,
         "unique": len(set(samples)) / n,
-        "distinct_1": distinct_n(samples, 1), "distinct_1_real": distinct_n(real, 1),
-        "distinct_2": distinct_n(samples, 2), "distinct_2_real": distinct_n(real, 2),
+        # distinct-n falls as lines are added: samples and real lines, as many of each
+        # (a small test split, like the sonnets' 22 lines, sets the count)
+        "distinct_1": distinct_n(samples[:len(real)], 1), "distinct_1_real": distinct_n(real, 1),
+        "distinct_2": distinct_n(samples[:len(real)], 2), "distinct_2_real": distinct_n(real, 2),
         "adjacent_repeat": adjacent_repeat_share(samples),
         "adjacent_repeat_real": adjacent_repeat_share(lines),
         "kn_bits": judge.bits_per_char(samples), "kn_bits_real": judge.bits_per_char(lines),
@@ -220,8 +223,18 @@ def judge_samples(samples, lines, train_lines, form, vocab_size, seed=0, judge=N
         "reverse_kn_bits_real": CharKN(same_size, vocab_size).bits_per_char(lines),
         "fluency": bigram.logprob_per_char(samples),
         "fluency_real": bigram.logprob_per_char(lines),
+        **_known_words(samples, lines, train_lines),
         "sample_lines": samples[:16],
     }
+
+
+def _known_words(samples, lines, train_lines):
+    """For a spaced script: how many sample words (and real test words) are words of
+    the training split; nothing for Chinese."""
+    share = known_word_share(samples, train_lines)
+    if share is None:
+        return {}
+    return {"known_words": share, "known_words_real": known_word_share(lines, train_lines)}
 
 
 def interpolation_figures(run, lines, n_pairs, seed, sc, judge, steps=8):
@@ -297,6 +310,8 @@ ROWS = [  # (key, label, format)
     ("kn_bits_real", "fluency: KN-3 bits/char (real test)", "{:.2f}"),
     ("reverse_kn_bits", "reverse KN-3 bits/char (on samples)", "{:.2f}"),
     ("reverse_kn_bits_real", "reverse KN-3 bits/char (on train)", "{:.2f}"),
+    ("known_words", "sample words found in train", "{:.3f}"),
+    ("known_words_real", "  test words found in train", "{:.3f}"),
     ("fluency", "fluency: bigram nats/char (samples)", "{:.3f}"),
     ("fluency_real", "fluency: bigram nats/char (real)", "{:.3f}"),
     ("interp_ends", "interpolation ends reconstructed", "{:.3f}"),

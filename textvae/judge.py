@@ -10,6 +10,7 @@ samples cover real verse; Zhao et al. 2018). Two orders are kept:
   figures are in bits per character (log2), counting the line end as one symbol.
 """
 import math
+import re
 from collections import Counter
 
 BOS, EOS = "\x02", "\x03"  # line start / end markers; never characters of a corpus
@@ -104,6 +105,21 @@ def distinct_n(lines, n):
 
 def adjacent_repeat_share(lines):
     return sum(any(a == b for a, b in zip(s, s[1:])) for s in lines) / max(len(lines), 1)
+
+
+def words(line):
+    """The lower-cased words of a line of a spaced script (letters, inner apostrophes)."""
+    return re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)*", line.lower())
+
+
+def known_word_share(lines, train_lines):
+    """Share of the words of ``lines`` that are words of ``train_lines``; None for a
+    script written without spaces (Chinese), where a line has no words to check."""
+    if not any(" " in line for line in train_lines):
+        return None
+    vocab = {w for line in train_lines for w in words(line)}
+    found = [w in vocab for line in lines for w in words(line)]
+    return sum(found) / max(len(found), 1)
 
 
 def chars_changed(a, b):
