@@ -39,9 +39,9 @@ class SampleConfig:
                               # changes a few characters a step (tang5, 100 paths of 8:
                               # 2.62 changed a step without, 1.71 with)
     repeat_penalty: float = 1.0  # nats taken from a character's logit where the line
-                                 # already holds it (Keskar et al. 2019): without, 4.1%
+                                 # already holds it (Keskar et al. 2019): without, 2.8%
                                  # of samples repeat a character next to itself, real
-                                 # lines 2.7%; with, 2.0%
+                                 # lines 2.7%; with, 1.5%
     fit_steps: int = 30       # gradient steps fitting a given line's z (fit_z); 0: the
                               # encoder's mu as it is
     theme: str = ""           # a line: z is drawn around its z (theme_z) instead of N(0, I)
