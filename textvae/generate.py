@@ -171,6 +171,8 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
         return ids.cpu()
     if gumbel is not None:
         gumbel = gumbel.to(z.device)  # once, not at every pass
+    if prefer is not None:
+        prefer = prefer.to(z.device)
     for t in range(L):  # left to right; each pass reads only the characters before t
         col = torch.zeros_like(fixed)
         col[:, t] = True
@@ -185,7 +187,7 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
         logits = _penalise_repeats(logits, at[0], ids.masked_fill(~settled, -1),
                                    sc.repeat_penalty)
         if prefer is not None and sc.stay:
-            logits[torch.arange(len(logits)), prefer.to(z.device)[at]] += sc.stay
+            logits[torch.arange(len(logits)), prefer[at]] += sc.stay
         drawn = None if gumbel is None else gumbel[at]
         ids = ids.index_put(at, choose(logits, sc, gen, drawn))
     return ids.cpu()
@@ -412,8 +414,9 @@ def interpolate(run, line_a, line_b, steps=8, how="linear", allow_unk=False,
 
 def interpolate_pairs(run, pairs, steps=8, how="linear", allow_unk=False,
                       sc: SampleConfig = SampleConfig()):
-    """``interpolate`` for many (a, b) pairs at once: one fit of every end's z, one
-    decoding of every path (the evaluation's 100 pairs: one batch, not 100)."""
+    """``interpolate`` for many (a, b) pairs at once: one fit of every end's z, then one
+    batch per point of the paths (the evaluation's 100 pairs: 8 batches, not 800 lines
+    one by one)."""
     if steps < 2:
         raise UserError(f"--steps must be at least 2 (the two ends), got {steps}")
     if how not in ("linear", "spherical"):
