@@ -120,9 +120,9 @@ def test_distinct_n_compares_as_many_samples_as_real_lines():
 def test_known_words_are_checked_for_spaced_scripts_only():
     from textvae.judge import known_word_share
     train = ["Shall I compare thee to a summer's day?", "Thou art more lovely"]
-    assert known_word_share(["shall thee, summer's DAY"], train) == 1.0
-    assert known_word_share(["Shal I comapre thee"], train) == 0.5   # shal, comapre
-    assert known_word_share(["白日依山尽"], ["白日依山尽", "黄河入海流"]) is None
+    assert known_word_share([["shall thee, summer's DAY"], ["Shal I comapre thee"]],
+                            train) == [1.0, 0.5]                      # shal, comapre
+    assert known_word_share([["白日依山尽"]], ["白日依山尽", "黄河入海流"]) is None
 
 
 def test_kneser_ney_trigram_is_a_distribution_and_prefers_real_lines():

@@ -4,6 +4,7 @@ The model's own settings are ``VAEConfig`` in model.py (they rebuild the model);
 decide how it is trained. Both are saved in the run folder's config.json. Each field's
 comment is its ``--flag`` help in train.py.
 """
+import math
 from dataclasses import dataclass, fields
 
 from .errors import UserError
@@ -70,6 +71,9 @@ class TrainConfig:
         if not self.batch_chars:
             return self.batch_size
         return max(1, min(self.batch_size, self.batch_chars // max(max_len, 1)))
+
+    def steps_per_epoch(self, train_lines, max_len):
+        return math.ceil(train_lines / self.lines_per_step(max_len))
 
     def total_steps(self, steps_per_epoch):
         if self.max_steps:

@@ -213,7 +213,7 @@ def judge_samples(samples, lines, train_lines, form, vocab_size, seed=0, judge=N
         "novel": sum(s not in train_set for s in samples) / n,
         "unique": len(set(samples)) / n,
         # distinct-n falls as lines are added: samples and real lines, as many of each
-        # (a small test split, like the sonnets' 22 lines, sets the count)
+        # (a small test split, like the sonnets' 27 lines, sets the count)
         "distinct_1": distinct_n(samples[:len(real)], 1), "distinct_1_real": distinct_n(real, 1),
         "distinct_2": distinct_n(samples[:len(real)], 2), "distinct_2_real": distinct_n(real, 2),
         "adjacent_repeat": adjacent_repeat_share(samples),
@@ -231,10 +231,10 @@ def judge_samples(samples, lines, train_lines, form, vocab_size, seed=0, judge=N
 def _known_words(samples, lines, train_lines):
     """For a spaced script: how many sample words (and real test words) are words of
     the training split; nothing for Chinese."""
-    share = known_word_share(samples, train_lines)
-    if share is None:
+    shares = known_word_share([samples, lines], train_lines)
+    if shares is None:
         return {}
-    return {"known_words": share, "known_words_real": known_word_share(lines, train_lines)}
+    return {"known_words": shares[0], "known_words_real": shares[1]}
 
 
 def interpolation_figures(run, lines, n_pairs, seed, sc, judge, steps=8):

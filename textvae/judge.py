@@ -112,14 +112,18 @@ def words(line):
     return re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)*", line.lower())
 
 
-def known_word_share(lines, train_lines):
-    """Share of the words of ``lines`` that are words of ``train_lines``; None for a
-    script written without spaces (Chinese), where a line has no words to check."""
+def known_word_share(line_sets, train_lines):
+    """For each list of lines in ``line_sets``, the share of its words that are words of
+    ``train_lines``; None for a script written without spaces (Chinese), where a line
+    has no words to check."""
     if not any(" " in line for line in train_lines):
         return None
     vocab = {w for line in train_lines for w in words(line)}
-    found = [w in vocab for line in lines for w in words(line)]
-    return sum(found) / max(len(found), 1)
+    shares = []
+    for lines in line_sets:
+        found = [w in vocab for line in lines for w in words(line)]
+        shares.append(sum(found) / max(len(found), 1))
+    return shares
 
 
 def chars_changed(a, b):

@@ -315,7 +315,7 @@ class Trainer:
         self.valid = torch.from_numpy(tok.encode_batch(valid, corpus.max_len)).to(self.device)
         self.lengths = corpus.form.lengths  # for validation's decoding
         self.batch = tc.lines_per_step(corpus.max_len)
-        self.per_epoch = math.ceil(len(self.data) / self.batch)
+        self.per_epoch = tc.steps_per_epoch(len(self.data), corpus.max_len)
         self.total = tc.total_steps(self.per_epoch)
         self.beta = KLSchedule(tc.kl_schedule, tc.beta_max, self.total, tc.kl_warmup,
                                tc.kl_cycles, tc.kl_ratio)
@@ -526,8 +526,8 @@ def write_curves(out, beta, log=print):
 def schedule_of(config):
     """The KL schedule of a saved run (config.json), as its trainer built it."""
     tc = TrainConfig(**config["train"])
-    batch = tc.lines_per_step(config["model"]["max_len"])
-    total = tc.total_steps(math.ceil(config["data"]["counts"]["train"] / batch))
+    total = tc.total_steps(tc.steps_per_epoch(config["data"]["counts"]["train"],
+                                              config["model"]["max_len"]))
     return KLSchedule(tc.kl_schedule, tc.beta_max, total, tc.kl_warmup, tc.kl_cycles,
                       tc.kl_ratio)
 
