@@ -12,6 +12,7 @@ the same lines, the same learning rate and the same KL weight as one process wit
 same --batch-size, whatever the number of processes, and a checkpoint (global step,
 epoch, position in the shuffled order) resumes under any number of them.
 """
+import gc
 import os
 
 import torch
@@ -61,8 +62,16 @@ class Group:
         self.device = device
         return device
 
+    def wait_for_all(self):
+        """Return when every rank has come here: after training, the others wait while
+        rank 0 writes its last record and checkpoint, so no rank leaves the group while
+        a peer still talks to it."""
+        if self.active:
+            dist.barrier()
+
     def stop(self):
         if self.active and dist.is_initialized():
+            gc.collect()  # objects still holding the group (a cycle) go before it does
             dist.destroy_process_group()
 
     def first(self, fn):

@@ -254,17 +254,27 @@ def train(tc: TrainConfig, mc: VAEConfig, resume=None, given=None, log=print):
     group.start()
     log = log if group.main else _quiet
     try:
-        out, tc, mc, tok, corpus = open_on_every_rank(group, tc, mc, resume, given or {}, log)
-        for why, count in corpus.skipped.items():
-            if count:
-                log(f"skipped {count} lines of {corpus.name} ({why.replace('_', ' ')}; "
-                    f"the model length is {corpus.max_len})")
-        trainer = Trainer(tc, TextVAE(mc), tok, corpus, out, log, group)
-        if resume:
-            trainer.restore()
-        trainer.run()
+        out = _train_here(group, tc, mc, resume, given or {}, log)
+        group.wait_for_all()
     finally:
         group.stop()
+    return out
+
+
+def _train_here(group, tc, mc, resume, given, log):
+    """This rank's share of ``train``. Its trainer (and the DistributedDataParallel
+    wrapper that holds the process group) is gone when it returns, so ``Group.stop``
+    really closes the group: one left for the interpreter's exit to destroy aborted the
+    process about once in ten runs (gloo's threads were still running)."""
+    out, tc, mc, tok, corpus = open_on_every_rank(group, tc, mc, resume, given, log)
+    for why, count in corpus.skipped.items():
+        if count:
+            log(f"skipped {count} lines of {corpus.name} ({why.replace('_', ' ')}; "
+                f"the model length is {corpus.max_len})")
+    trainer = Trainer(tc, TextVAE(mc), tok, corpus, out, log, group)
+    if resume:
+        trainer.restore()
+    trainer.run()
     return out
 
 
