@@ -259,7 +259,7 @@ def test_a_huge_num_streams_poems_at_once(cli_run):
 
 def test_lstm_encoder_and_su2018_preset_train_on_real_lines_and_generate(tmp_path):
     write_corpus(tmp_path / "c.txt", POEM_LINES * 2)
-    for flags in (["--encoder", "lstm"], ["--preset", "su2018"]):
+    for flags in (["--encoder", "lstm", "--no-enc-positions"], ["--preset", "su2018"]):
         out = tmp_path / flags[1]
         r = run_cli("train.py", "--corpus", tmp_path / "c.txt", "--out", out, *TINY, *flags,
                     cwd=tmp_path)
@@ -267,8 +267,10 @@ def test_lstm_encoder_and_su2018_preset_train_on_real_lines_and_generate(tmp_pat
         config = json.loads((out / "config.json").read_text())
         if flags[0] == "--preset":
             assert config["model"]["refiner_layers"] == 0 and config["train"]["beta_max"] == 1.0
+            assert config["model"]["enc_positions"] is False  # as Su's model
         else:
             assert config["model"]["encoder"] == "lstm"
+            assert config["model"]["enc_positions"] is False  # a --no- flag is heard
         r = run_cli("generate.py", "--run", out, "--num", "2")
         assert r.returncode == 0 and len(r.stdout.split()) == 8, r.stderr
         assert all(len(s) == 5 for s in r.stdout.split())

@@ -144,6 +144,27 @@ def test_padding_does_not_change_the_encoding(encoder):
     assert torch.allclose(mu1, mu2, atol=1e-5)
 
 
+@pytest.mark.parametrize("positions", [True, False])
+def test_the_gcnn_encoder_knows_where_a_character_stands_far_from_the_edges(positions):
+    # R at position 5 or 8 of 14, Q around it for 4 characters each side: every window
+    # a two-block GCNN sees (5 characters) is in both lines, only in other places.
+    # Pooling over positions then cannot tell them apart unless positions are read.
+    e, q, r = 5, 6, 7
+    a = torch.tensor([[e] + [q] * 4 + [r] + [q] * 7 + [e]])
+    b = torch.tensor([[e] + [q] * 7 + [r] + [q] * 4 + [e]])
+    model = small(max_len=14, enc_positions=positions)
+    with torch.no_grad():
+        gap = (model.encode(a)[0] - model.encode(b)[0]).abs().max().item()
+    assert (gap > 1e-3) if positions else (gap < 1e-5), gap
+
+
+def test_a_config_saved_before_positions_existed_rebuilds_without_them():
+    saved = small().cfg.to_dict()
+    del saved["enc_positions"]
+    assert VAEConfig.from_dict(saved).enc_positions is False
+    assert VAEConfig().enc_positions is True
+
+
 def test_bad_model_settings_are_user_errors():
     with pytest.raises(UserError, match="encoder"):
         VAEConfig(encoder="gru")

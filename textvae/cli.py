@@ -72,7 +72,9 @@ def _add_fields(parser, cls, skip=()):
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in (bool, "bool"):
-            parser.add_argument(flag, action="store_true", help=helps.get(f.name))
+            # --x / --no-x; None when neither is typed, so the default (or a preset) holds
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=helps.get(f.name))
         else:
             typ = {"int": int, "float": float, "str": str}.get(getattr(f.type, "__name__", f.type), str)
             default = f" (default: {f.default})" if f.default != "" else ""
@@ -97,7 +99,7 @@ def train_main(argv):
     _add_fields(p, TrainConfig)
     _add_fields(p, VAEConfig, skip=("vocab_size", "max_len"))
     args = vars(p.parse_args(argv))
-    given = {k: v for k, v in args.items() if v is not None and v is not False}
+    given = {k: v for k, v in args.items() if v is not None}
     tc, mc = configs(args["preset"], given)
     if args["resume"] and not Path(args["resume"]).is_dir():
         raise UserError(f"cannot resume: run folder not found: {args['resume']}")

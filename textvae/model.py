@@ -1,6 +1,6 @@
 """A sequence VAE for fixed-length lines of text.
 
-    x --embed--> encoder (gated CNN or BiLSTM) --pool--> mu, logvar
+    x --embed (+ position)--> encoder (gated CNN or BiLSTM) --pool--> mu, logvar
     z = mu + sigma * eps                                 (reparameterisation)
     z --L fully connected heads--> (L, h) --gated conv--> per-position logits over V
     draft + z --refiner (causal Transformer, left to right)--> characters that agree
@@ -53,6 +53,9 @@ class VAEConfig:
     enc_layers: int = 2      # residual GCNN blocks, or stacked LSTM layers
     kernel: int = 3          # GCNN kernel width: 3 sees a character and both neighbours
     pooling: str = "meanmax" # "mean", "max" or "meanmax" (concatenated) over real positions
+    enc_positions: bool = True  # add a learned position vector to each character the
+                             # encoder reads: pooling forgets order, and a GCNN only
+                             # knows a position within its receptive field of an edge
     latent: int = 64         # dimensions of z
     dec_trunk: int = 512     # hidden layer between z and the heads; 0: z feeds them directly
     dec_hidden: int = 256    # width of each position's vector in the decoder
@@ -94,7 +97,8 @@ class VAEConfig:
         unknown = set(d) - known
         if unknown:
             raise UserError(f"config has unknown model settings: {sorted(unknown)}")
-        return cls(**d)
+        # Runs saved before enc_positions existed were trained without position vectors.
+        return cls(**{"enc_positions": False, **d})
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,6 +283,9 @@ class TextVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.emb_dim, padding_idx=PAD)
+        # std 1, as the character embeddings: neither drowns the other.
+        self.enc_pos = (nn.Parameter(torch.randn(cfg.max_len, cfg.emb_dim))
+                        if cfg.enc_positions else None)
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.encoder = (GCNNEncoder if cfg.encoder == "gcnn" else LSTMEncoder)(cfg)
         self.to_mu = nn.Linear(self.encoder.out_dim, cfg.latent)
@@ -290,7 +297,10 @@ class TextVAE(nn.Module):
         """idx (B, L) -> mu, logvar (B, D)."""
         assert idx.dim() == 2 and idx.shape[1] == self.cfg.max_len, idx.shape
         mask = idx != PAD
-        h = self.encoder(self.emb_drop(self.embed(idx)), mask)
+        emb = self.embed(idx)
+        if self.enc_pos is not None:
+            emb = emb + self.enc_pos
+        h = self.encoder(self.emb_drop(emb), mask)
         return self.to_mu(h), self.to_logvar(h)
 
     @staticmethod
