@@ -13,10 +13,13 @@ from textvae.run import read_metrics
 
 from .conftest import POEM_LINES, ROOT, write_corpus
 
+# The tolerance below was measured on this tiny model without the encoder's position
+# vectors; with them its curves wander further from run to run (6.4% apart at step 60
+# once), and these tests are about the processes, not the encoder.
 FLAGS = ["--batch-size", "16", "--emb-dim", "16", "--enc-hidden", "16", "--latent", "4",
          "--dec-hidden", "16", "--refiner-dim", "16", "--refiner-heads", "2",
          "--eval-every", "10", "--ckpt-every", "20", "--iw-samples", "0", "--amp", "off",
-         "--dropout", "0", "--lr", "3e-3"]
+         "--dropout", "0", "--lr", "3e-3", "--no-enc-positions"]
 
 
 def lines():

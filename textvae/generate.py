@@ -27,8 +27,9 @@ from .tokenizer import BOS, EOS, PAD, UNK
 
 @dataclass
 class SampleConfig:
-    temperature: float = 0.8  # characters are drawn from softmax(logits / temperature);
-                              # 0: the most likely one (greedy)
+    temperature: float = 0.7  # characters are drawn from softmax(logits / temperature);
+                              # 0: the most likely one (greedy). tang5, 1,000 samples:
+                              # 0.7 is 0.15 bits/char below real lines, 0.8 0.48 below
     top_k: int = 0            # k > 0: draw among the k most likely only; 0: among all
     seed: int = 0             # same seed, same poems; different seeds, independent poems
     noise: float = 0.5        # level at which the refiner reads a prior z: 0 trusts z
