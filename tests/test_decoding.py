@@ -125,7 +125,7 @@ def test_a_draw_follows_the_softmax_at_its_temperature_and_top_k():
 def test_an_interpolation_shares_its_draws_so_equal_points_write_equal_lines(overfit_run):
     # Every point of a path from a line to itself has the same z: with one draw's noise
     # for the whole path, all eight lines are one, however hot the sampling.
-    sc = SampleConfig(temperature=5.0, keep=1.0, noise=0.0, stay=0.0)
+    sc = SampleConfig(temperature=5.0, keep=1.0, noise=1.0, stay=0.0)
     path = generate.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[0], sc=sc)
     assert len(set(path[1:-1])) == 1
 

@@ -89,8 +89,8 @@ def flag(name):
 # refiner, KL at weight 1 from the first step, no free bits.
 PRESETS = {
     "su2018": {"emb_dim": 64, "enc_hidden": 64, "enc_layers": 2, "kernel": 3,
-               "pooling": "mean", "enc_positions": False, "latent": 64, "dec_trunk": 0, "dec_hidden": 64,
-               "dec_layers": 1, "dropout": 0.0, "refiner_layers": 0,
+               "pooling": "mean", "enc_positions": False, "latent": 64, "dec_trunk": 0,
+               "dec_hidden": 64, "dec_layers": 1, "dropout": 0.0, "refiner_layers": 0,
                "kl_schedule": "constant", "beta_max": 1.0, "free_bits": 0.0, "lr": 1e-3,
                "batch_size": 64},
 }
