@@ -28,10 +28,10 @@ def corpus(tmp_path):
     return write_corpus(tmp_path / "c.txt", POEM_LINES + [s[::-1] for s in POEM_LINES])
 
 
-def start(tmp_path, out):
+def start(tmp_path, out, *more):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--corpus",
-                             str(corpus(tmp_path)), "--out", str(out), *FLAGS],
+                             str(corpus(tmp_path)), "--out", str(out), *FLAGS, *more],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -66,6 +66,19 @@ def test_sigterm_saves_exits_130_and_resume_follows_the_same_course(tmp_path, st
     assert [x["step"] for x in a] == [x["step"] for x in b]
     for x, y in zip(a, b):
         assert x["valid_nelbo"] == pytest.approx(y["valid_nelbo"], rel=1e-4, abs=1e-4)
+
+
+def test_a_run_stopped_before_its_first_validation_record_has_usable_weights(tmp_path):
+    # keep_best writes the weights at validation records; a run stopped before its
+    # first (--eval-every past the stop) must still leave weights generate can load.
+    out = tmp_path / "run"
+    proc = start(tmp_path, out, "--eval-every", "5000")
+    wait_for_checkpoint(out, proc, n=1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert read_metrics(out) == []
+    assert load_run(out).sample(2)
 
 
 def last_step_shown(stderr):

@@ -171,3 +171,53 @@ def test_a_step_that_fails_to_compile_is_taken_plain_and_the_run_goes_on(
                         "the attempt)"]
     steps = [json.loads(s)["step"] for s in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [6, 12]
+
+
+def test_the_run_keeps_the_weights_of_its_best_validation_record(tmp_path, monkeypatch):
+    # Validation losses made up per record: the best is the second (step 20), and it
+    # stays the run's weights through later, worse records and across a resume.
+    from safetensors.torch import load_file
+    import textvae.trainer as trainer
+    from textvae.config import TrainConfig
+    from textvae.model import VAEConfig
+    from textvae.run import read_metrics
+    from .conftest import write_corpus
+    real_validate, losses = trainer.validate, iter([5.0, 3.0, 4.0, 6.0])
+
+    def made_up(*args, **kwargs):
+        return {**real_validate(*args, **kwargs), "nelbo": next(losses), "ref": 0.0}
+    monkeypatch.setattr(trainer, "validate", made_up)
+    corpus = write_corpus(tmp_path / "c.txt", POEM_LINES)
+    out = tmp_path / "run"
+    tc = TrainConfig(corpus=str(corpus), out=str(out), max_steps=30, batch_size=4,
+                     eval_every=10, ckpt_every=10, keep_ckpts=10, iw_samples=0, amp="off")
+    mc = VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8, refiner_dim=8,
+                   refiner_heads=2)
+    trainer.train(tc, mc, log=lambda *a: None)
+    trainer.train(TrainConfig(max_steps=40), None, resume=str(out), given={"max_steps": 40},
+                  log=lambda *a: None)
+    records = read_metrics(out)
+    assert [r["step"] for r in records if r.get("kept")] == [10, 20]
+    assert trainer.weights_step(records) == 20
+    kept = load_file(out / "model.safetensors")
+    step20 = torch.load(out / "checkpoints" / "step-00000020.pt", weights_only=True)["model"]
+    step40 = torch.load(out / "checkpoints" / "step-00000040.pt", weights_only=True)["model"]
+    assert all(torch.equal(kept[k], step20[k]) for k in kept)
+    assert not all(torch.equal(kept[k], step40[k]) for k in kept)
+
+
+def test_without_keep_best_the_run_holds_the_last_steps_weights(tmp_path):
+    from safetensors.torch import load_file
+    from textvae.config import TrainConfig
+    from textvae.model import VAEConfig
+    from textvae.trainer import train
+    from .conftest import write_corpus
+    corpus = write_corpus(tmp_path / "c.txt", POEM_LINES)
+    out = tmp_path / "run"
+    tc = TrainConfig(corpus=str(corpus), out=str(out), max_steps=20, batch_size=4,
+                     eval_every=10, ckpt_every=10, iw_samples=0, amp="off", keep_best=False)
+    train(tc, VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8, refiner_dim=8,
+                        refiner_heads=2), log=lambda *a: None)
+    kept = load_file(out / "model.safetensors")
+    last = torch.load(out / "checkpoints" / "step-00000020.pt", weights_only=True)["model"]
+    assert all(torch.equal(kept[k], last[k]) for k in kept)

@@ -37,6 +37,10 @@ class TrainConfig:
     kl_ratio: float = 0.5         # cyclical: share of each cycle spent ramping up
     free_bits: float = 0.1        # per-dimension KL floor (nats); keeps every dimension in use
     eval_every: int = 500         # steps between validation records in metrics.jsonl
+    keep_best: bool = True        # the run's weights are those of the validation record
+                                  # with the lowest -ELBO + refiner loss (early stopping:
+                                  # a small corpus overfits long before min_steps);
+                                  # --no-keep-best: the last step's
     ckpt_every: int = 500         # steps between checkpoints
     keep_ckpts: int = 2           # checkpoints kept on disk
     iw_samples: int = 100         # k for the final test IW-NLL (0 skips it)

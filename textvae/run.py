@@ -3,9 +3,10 @@
     runs/tang5/
       config.json          model, data and training settings (rebuilds the model)
       tokenizer.model      sentencepiece vocabulary
-      model.safetensors    latest weights (safetensors: loading never runs code)
+      model.safetensors    weights of the best validation record so far, or the latest
+                           with --no-keep-best (safetensors: loading never runs code)
       checkpoints/         training state for --resume: step-XXXXXXXX.pt, last K kept
-      metrics.jsonl        one record per evaluation
+      metrics.jsonl        one record per evaluation ("kept": its weights became the run's)
       curves.png           reconstruction, KL, beta and -ELBO against step
       summary.json         final test figures
 

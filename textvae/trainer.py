@@ -32,9 +32,9 @@ from .evaluate import active_units
 from .files import atomic_write_bytes, atomic_write_text, read_json
 from .generate import SampleConfig, write_ids
 from .model import TextVAE, VAEConfig
-from .run import (CKPT_DIR, CURVES, METRICS, SUMMARY, append_metrics, clean_temp_files,
-                  has_checkpoint, load_checkpoint, open_run_folder, read_metrics,
-                  read_saved_config, save_checkpoint, save_run, save_weights)
+from .run import (CKPT_DIR, CURVES, METRICS, SUMMARY, WEIGHTS, append_metrics,
+                  clean_temp_files, has_checkpoint, load_checkpoint, open_run_folder,
+                  read_metrics, read_saved_config, save_checkpoint, save_run, save_weights)
 from .tokenizer import PAD, CharTokenizer
 from .tokens import TokenIds, cache_file, epoch_order
 
@@ -337,6 +337,7 @@ class Trainer:
         self.bad = torch.zeros((), dtype=torch.bool, device=self.device)  # a non-finite
         self.looked = 0                       # loss since step ``looked`` (check_finite)
         self.elapsed = 0.0  # training seconds before this process (resumed runs)
+        self.best = math.inf  # the lowest validation loss so far (keep_best)
         self.corpus_line = (f"corpus {corpus.name}: {len(self.data)} train lines, length "
                             f"{corpus.max_len}, vocab {tok.vocab_size}")
 
@@ -357,6 +358,7 @@ class Trainer:
             raise UserError(f"{path} does not fit {self.out / 'config.json'} "
                             f"({str(e).strip().splitlines()[-1][:160]})") from None
         self.elapsed = float(state.get("elapsed_s", 0.0))
+        self.best = float(state.get("best", math.inf))
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
@@ -373,10 +375,13 @@ class Trainer:
     def checkpoint(self):
         if not self.group.main:
             return None
-        save_weights(self.out, self.model)
+        # With keep_best record() writes the weights, when a step's are the best yet; a
+        # run stopped before its first record still gets some, so it can be used.
+        if not self.tc.keep_best or not (self.out / WEIGHTS).exists():
+            save_weights(self.out, self.model)
         state = {"model": self.model.state_dict(), "optim": self.opt.state_dict(),
                  "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
-                 "rng": torch.get_rng_state(), "elapsed_s": self.seconds()}
+                 "rng": torch.get_rng_state(), "elapsed_s": self.seconds(), "best": self.best}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
         return save_checkpoint(self.out, state, self.tc.keep_ckpts)
@@ -442,7 +447,10 @@ class Trainer:
                         self.epoch, self.batch_pos = self.epoch + 1, 0
             finally:
                 bar.close()
-        self.log(f"trained {self.step} steps in {self.seconds():.0f} s; weights in {self.out}")
+        kept = weights_step(read_metrics(self.out)) if self.group.main else self.step
+        which = f" (step {kept}'s: the lowest validation loss)" if kept != self.step else ""
+        self.log(f"trained {self.step} steps in {self.seconds():.0f} s; weights{which} in "
+                 f"{self.out}")
 
     def after_step(self, terms, bar, lines_per_s, stop):
         """Progress bar, validation record, checkpoint, and a requested stop."""
@@ -496,12 +504,25 @@ class Trainer:
         if not self.group.main:
             return
         valid = validate(self.model, self.valid, self.beta(self.step), self.lengths)
+        kept = self.keep_if_best(valid["nelbo"] + valid["ref"])
         append_metrics(self.out, {"step": self.step, "epoch": self.epoch,
                                   "beta": self.beta(self.step),
                                   "lines_per_s": round(lines_per_s, 1),
                                   "elapsed_s": round(self.seconds(), 1), **train,
-                                  **{f"valid_{k}": v for k, v in valid.items()}})
+                                  **{f"valid_{k}": v for k, v in valid.items()},
+                                  **({"kept": True} if kept else {})})
         write_curves(self.out, self.beta, self.log)
+
+    def keep_if_best(self, loss):
+        """Write this step's weights as the run's if its validation loss is the lowest
+        yet: -ELBO at KL weight 1 (so records anywhere on the KL schedule compare) plus
+        the refiner's loss. A small corpus that min_steps takes through dozens of epochs
+        overfits long before its last step; tang5 improves to its last."""
+        if not self.tc.keep_best or not loss < self.best:
+            return False
+        self.best = loss
+        save_weights(self.out, self.model)
+        return True
 
 
 class _Loss(torch.nn.Module):
@@ -533,6 +554,13 @@ def write_curves(out, beta, log=print):
         log(f"warning: could not draw {Path(out) / CURVES}: {type(e).__name__}: {e}")
 
 
+def weights_step(records):
+    """The step whose weights the run folder holds: the last record marked ``kept``
+    (keep_best), else the last record's."""
+    kept = [r["step"] for r in records if r.get("kept")] or [r["step"] for r in records]
+    return kept[-1] if kept else None
+
+
 def schedule_of(config):
     """The KL schedule of a saved run (config.json), as its trainer built it."""
     tc = TrainConfig(**config["train"])
@@ -562,7 +590,8 @@ def finish(out, log=print):
     res["eval_s"] = round(time.time() - t0, 1)
     hist = read_metrics(out)
     summary = {**res, "steps": hist[-1]["step"] if hist else None,
-               "train_s": hist[-1]["elapsed_s"] if hist else None}
+               "train_s": hist[-1]["elapsed_s"] if hist else None,
+               "weights_step": weights_step(hist)}
     write_json(Path(out) / SUMMARY, summary)
     write_curves(out, schedule_of(config), log)  # now with the test IW-NLL
     log(format_table(res))
