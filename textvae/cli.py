@@ -212,8 +212,8 @@ def generate_parser():
     _sampling(s)
     s.add_argument("--stay", type=float, default=SampleConfig.stay,
                    help="nats added to the character the previous point of the path has "
-                        f"at the same position: more, fewer changes a step (default: "
-                        f"{SampleConfig.stay})")
+                        "at the same position: more, fewer changes a step (default: 2 "
+                        "for lines of up to 5 characters, 4 for longer ones)")
     _fitting(s)
     s.add_argument("--allow-unk", action="store_true",
                    help="map characters outside the vocabulary to <unk> instead of failing")
