@@ -142,6 +142,21 @@ def test_a_path_leans_on_its_previous_point(overfit_run):
     assert held == [a] * 7 + [b]
 
 
+def test_a_path_without_a_stay_gets_the_one_for_its_line_length(overfit_run, monkeypatch):
+    # Longer lines lean harder by default (tang7 changed 2.4 characters a step at 2).
+    assert generate.stay_for(5) == 2.0 and generate.stay_for(7) == 4.0
+    real, used = generate.write_lines, []
+
+    def noting(run, z, noise, sc, **kw):
+        used.append(sc.stay)
+        return real(run, z, noise, sc, **kw)
+    monkeypatch.setattr(generate, "write_lines", noting)
+    generate.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[1], steps=3)
+    generate.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[1], steps=3,
+                         sc=SampleConfig(stay=0.5))
+    assert used == [2.0] * 3 + [0.5] * 3  # the overfit run's lines are 5 long
+
+
 def test_a_reconstruction_is_the_heads_most_likely_line_at_any_temperature(overfit_run):
     sc = SampleConfig(temperature=50.0)
     assert generate.reconstruct(overfit_run, POEM_LINES, sc=sc) == POEM_LINES
