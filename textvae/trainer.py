@@ -337,7 +337,7 @@ class Trainer:
         self.bad = torch.zeros((), dtype=torch.bool, device=self.device)  # a non-finite
         self.looked = 0                       # loss since step ``looked`` (check_finite)
         self.elapsed = 0.0  # training seconds before this process (resumed runs)
-        self.best = math.inf  # the lowest validation loss so far (keep_best)
+        self.best = math.inf  # the lowest valid_loss of a kept record (keep_best)
         self.corpus_line = (f"corpus {corpus.name}: {len(self.data)} train lines, length "
                             f"{corpus.max_len}, vocab {tok.vocab_size}")
 
@@ -358,7 +358,6 @@ class Trainer:
             raise UserError(f"{path} does not fit {self.out / 'config.json'} "
                             f"({str(e).strip().splitlines()[-1][:160]})") from None
         self.elapsed = float(state.get("elapsed_s", 0.0))
-        self.best = float(state.get("best", math.inf))
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
@@ -370,6 +369,7 @@ class Trainer:
         kept = [r for r in read_metrics(self.out) if r.get("step", 0) <= self.step]
         atomic_write_text(self.out / METRICS, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                       for r in kept))
+        self.best = min((valid_loss(r) for r in kept if r.get("kept")), default=math.inf)
         self.log(f"resuming {self.out} from {path.name} (step {self.step})")
 
     def checkpoint(self):
@@ -381,7 +381,7 @@ class Trainer:
             save_weights(self.out, self.model)
         state = {"model": self.model.state_dict(), "optim": self.opt.state_dict(),
                  "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
-                 "rng": torch.get_rng_state(), "elapsed_s": self.seconds(), "best": self.best}
+                 "rng": torch.get_rng_state(), "elapsed_s": self.seconds()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
         return save_checkpoint(self.out, state, self.tc.keep_ckpts)
@@ -504,20 +504,19 @@ class Trainer:
         if not self.group.main:
             return
         valid = validate(self.model, self.valid, self.beta(self.step), self.lengths)
-        kept = self.keep_if_best(valid["nelbo"] + valid["ref"])
-        append_metrics(self.out, {"step": self.step, "epoch": self.epoch,
-                                  "beta": self.beta(self.step),
-                                  "lines_per_s": round(lines_per_s, 1),
-                                  "elapsed_s": round(self.seconds(), 1), **train,
-                                  **{f"valid_{k}": v for k, v in valid.items()},
-                                  **({"kept": True} if kept else {})})
+        entry = {"step": self.step, "epoch": self.epoch, "beta": self.beta(self.step),
+                 "lines_per_s": round(lines_per_s, 1), "elapsed_s": round(self.seconds(), 1),
+                 **train, **{f"valid_{k}": v for k, v in valid.items()}}
+        if self.keep_if_best(valid_loss(entry)):
+            entry["kept"] = True
+        append_metrics(self.out, entry)
         write_curves(self.out, self.beta, self.log)
 
     def keep_if_best(self, loss):
         """Write this step's weights as the run's if its validation loss is the lowest
-        yet: -ELBO at KL weight 1 (so records anywhere on the KL schedule compare) plus
-        the refiner's loss. A small corpus that min_steps takes through dozens of epochs
-        overfits long before its last step; tang5 improves to its last."""
+        yet (``self.best``: of the records marked kept; restore reads it back from them).
+        A small corpus that min_steps takes through dozens of epochs overfits long before
+        its last step; tang5 improves to its last."""
         if not self.tc.keep_best or not loss < self.best:
             return False
         self.best = loss
@@ -552,6 +551,12 @@ def write_curves(out, beta, log=print):
                                                       title=Path(out).name))
     except Exception as e:  # noqa: BLE001 - any plotting failure; the run goes on
         log(f"warning: could not draw {Path(out) / CURVES}: {type(e).__name__}: {e}")
+
+
+def valid_loss(record):
+    """What keep_best ranks metrics.jsonl records by: -ELBO at KL weight 1 (so records
+    anywhere on the KL schedule compare) plus the refiner's loss."""
+    return record["valid_nelbo"] + record["valid_ref"]
 
 
 def weights_step(records):
