@@ -115,6 +115,18 @@ def test_refiner_hears_the_characters_however_large_the_draft_grows():
     assert (by_char[0] - by_char[1]).abs().mean() > 0.1 * (by_z[0] - by_z[1]).abs().mean()
 
 
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_the_gated_conv_is_torchs_convolution_computed_as_one_matmul(kernel):
+    # Its weights are a Conv1d's (runs saved before load as they were), so its output
+    # must be that Conv1d's, position for position.
+    import torch.nn.functional as F
+    from textvae.model import GatedConv
+    torch.manual_seed(0)
+    block, x = GatedConv(6, kernel), torch.randn(3, 7, 6)                 # (B, L, C)
+    a, b = block.conv(x.transpose(1, 2)).transpose(1, 2).chunk(2, dim=-1)
+    torch.testing.assert_close(block(x), x + a * F.sigmoid(b))
+
+
 def test_even_kernel_is_refused():
     with pytest.raises(UserError, match="--kernel must be odd"):
         small(kernel=4)

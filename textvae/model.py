@@ -108,26 +108,37 @@ class GatedConv(nn.Module):
     """Residual gated convolution: x + A * sigmoid(B), [A, B] = conv(x) with 2c channels.
 
     Padding positions are zeroed before the convolution so a line's encoding does not
-    depend on how much padding follows it.
+    depend on how much padding follows it. The convolution is computed as one matmul of
+    each position's window of k vectors with the kernel: for lines of 5-60 positions
+    that is the same sum 2x faster on a CPU (and backward) than torch's convolution
+    kernel, which is built for long signals. The weights stay a Conv1d's, so runs saved
+    before this load as they were.
     """
 
     def __init__(self, channels, kernel):
         super().__init__()
         self.conv = nn.Conv1d(channels, 2 * channels, kernel, padding=kernel // 2)
 
-    def forward(self, x, mask=None):  # x: (B, C, L), mask: (B, 1, L) or None
+    def forward(self, x, mask=None):  # x: (B, L, C), mask: (B, L, 1) or None
         if mask is not None:
             x = x * mask
-        a, b = self.conv(x).chunk(2, dim=1)
+        a, b = conv_as_matmul(self.conv, x).chunk(2, dim=-1)
         return x + a * torch.sigmoid(b)
 
 
+def conv_as_matmul(conv, x):
+    """nn.Conv1d ``conv`` (stride 1, 'same' padding) applied to x (B, L, C) -> (B, L, C')."""
+    k, pad = conv.kernel_size[0], conv.padding[0]
+    windows = F.pad(x, (0, 0, pad, pad)).unfold(1, k, 1)       # (B, L, C, k)
+    return F.linear(windows.flatten(2), conv.weight.flatten(1), conv.bias)
+
+
 def masked_pool(h, mask, how):
-    """Pool (B, C, L) features over the real positions given by mask (B, 1, L)."""
-    mean = (h * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    """Pool (B, L, C) features over the real positions given by mask (B, L, 1)."""
+    mean = (h * mask).sum(1) / mask.sum(1).clamp(min=1)
     if how == "mean":
         return mean
-    mx = h.masked_fill(mask == 0, float("-inf")).amax(-1)
+    mx = h.masked_fill(mask == 0, float("-inf")).amax(1)
     return mx if how == "max" else torch.cat([mean, mx], dim=-1)
 
 
@@ -144,8 +155,8 @@ class GCNNEncoder(nn.Module):
         self.out_dim = cfg.enc_hidden * (2 if cfg.pooling == "meanmax" else 1)
 
     def forward(self, emb, mask):  # emb: (B, L, E), mask: (B, L) bool
-        m = mask.unsqueeze(1).to(emb.dtype)  # (B, 1, L)
-        h = self.proj(emb.transpose(1, 2))   # (B, C, L)
+        m = mask.unsqueeze(-1).to(emb.dtype)  # (B, L, 1)
+        h = conv_as_matmul(self.proj, emb)    # (B, L, C)
         for block in self.blocks:
             h = block(h, m)
         return masked_pool(h, m, self.pooling)
@@ -169,8 +180,8 @@ class LSTMEncoder(nn.Module):
         out, _ = self.lstm(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
                                                   total_length=emb.shape[1])
-        m = mask.unsqueeze(1).to(out.dtype)
-        return masked_pool(out.transpose(1, 2), m, self.pooling)  # (B, 2H * pools)
+        m = mask.unsqueeze(-1).to(out.dtype)
+        return masked_pool(out, m, self.pooling)  # (B, 2H * pools)
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,10 +211,10 @@ class FanOutDecoder(nn.Module):
     def features(self, z):
         """z (B, D) -> each position's vector (B, L, H) before the shared softmax."""
         h = F.gelu(self.heads(self.trunk(z))).view(-1, self.L, self.H)  # (B, L, H)
-        h = self.drop(h).transpose(1, 2)                     # (B, H, L)
+        h = self.drop(h)
         for block in self.blocks:
             h = block(h)
-        return self.norm(h.transpose(1, 2))                  # (B, L, H)
+        return self.norm(h)
 
     def forward(self, z):
         return self.out(self.features(z))                    # (B, L, V)
