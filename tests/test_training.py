@@ -221,3 +221,27 @@ def test_without_keep_best_the_run_holds_the_last_steps_weights(tmp_path):
     kept = load_file(out / "model.safetensors")
     last = torch.load(out / "checkpoints" / "step-00000020.pt", weights_only=True)["model"]
     assert all(torch.equal(kept[k], last[k]) for k in kept)
+
+
+@pytest.mark.parametrize("minutes, steps", [(1e-4, 50), (0, 120)])
+def test_a_time_budget_the_planned_steps_overrun_trains_what_fits(tmp_path, minutes, steps):
+    # 6 ms of budget is spent before step 50, where the budget is fitted: the run stops
+    # there, and config.json says so; --minutes 0 trains the planned 120.
+    import textvae.trainer as trainer
+    from textvae.config import TrainConfig
+    from textvae.model import VAEConfig
+    from textvae.run import read_metrics, read_saved_config
+    from .conftest import write_corpus
+    assert trainer.BUDGET_PROBE[1] == 50
+    corpus = write_corpus(tmp_path / "c.txt", POEM_LINES)
+    out = tmp_path / "run"
+    tc = TrainConfig(corpus=str(corpus), out=str(out), min_steps=120, minutes=minutes,
+                     batch_size=4, eval_every=40, ckpt_every=40, iw_samples=0, amp="off")
+    said = []
+    trainer.train(tc, VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8,
+                                refiner_dim=8, refiner_heads=2), log=said.append)
+    assert read_metrics(out)[-1]["step"] == steps
+    config = read_saved_config(out)
+    assert trainer.schedule_of(config).total_steps == steps
+    assert config["train"]["max_steps"] == (steps if minutes else 0)
+    assert any("50 of the planned 120 steps fit" in s for s in said) == bool(minutes)

@@ -22,6 +22,11 @@ class TrainConfig:
     min_steps: int = 3000         # a small corpus still trains this many steps (10k lines
                                   # at 2.4 epochs would be only ~100 steps)
     max_steps: int = 0            # > 0: train exactly this many steps, whatever --epochs
+                                  # and --minutes
+    minutes: float = 15.0         # time budget: where the planned steps would take longer
+                                  # on this machine (timed over the run's steps 10-50),
+                                  # train as many as fit; 0: none (the same steps on any
+                                  # machine, as many minutes as they take)
     batch_size: int = 256         # lines per step, at most; see batch_chars
     batch_chars: int = 2048       # a step holds at most this many positions, so long
                                   # lines take fewer a step (256 of 5 or 7 characters, 34
@@ -66,7 +71,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise UserError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
         for name in ("free_bits", "iw_samples", "max_len", "min_steps", "max_steps",
-                     "batch_chars"):
+                     "batch_chars", "minutes"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
 

@@ -106,6 +106,14 @@ class Group:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def smallest(self, value):
+        """The least of an integer over the ranks (every rank gets the same answer)."""
+        if not self.active:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+
     def check_in_sync(self, model):
         """Raise if the ranks' weights differ: DDP keeps them equal, so a difference is a
         bug (a step some rank skipped) that would silently turn one run into W runs."""

@@ -123,6 +123,14 @@ def save_run(out, tc, mc, tok, corpus):
                  "lines_per_poem": 1 if corpus.name.startswith("quatrain") else 4}})
 
 
+def save_train_settings(out, **changes):
+    """Change training settings in a run's config.json (the trainer's --minutes budget
+    fixing max_steps); everything else in it stays as written."""
+    config = read_json(Path(out) / CONFIG)
+    config["train"].update(changes)
+    write_json(Path(out) / CONFIG, config)
+
+
 # Paths in config.json are stored relative to the run folder, so a project folder can
 # move or be shared with its data and runs; they are made absolute again on reading.
 PATHS = ("corpus", "data_dir")

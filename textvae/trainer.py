@@ -34,7 +34,8 @@ from .generate import SampleConfig, write_ids
 from .model import TextVAE, VAEConfig
 from .run import (CKPT_DIR, CURVES, METRICS, SUMMARY, WEIGHTS, append_metrics,
                   clean_temp_files, has_checkpoint, load_checkpoint, open_run_folder,
-                  read_metrics, read_saved_config, save_checkpoint, save_run, save_weights)
+                  read_metrics, read_saved_config, save_checkpoint, save_run,
+                  save_train_settings, save_weights)
 from .tokenizer import PAD, CharTokenizer
 from .tokens import TokenIds, cache_file, epoch_order
 
@@ -48,7 +49,12 @@ COMPILE_FROM_STEPS = 2000
 # Settings a resumed run may change: where and how it runs, and how long. The rest
 # (model, data, optimiser) would make the resumed run a different experiment.
 RESUMABLE = {"device", "amp", "compile", "eval_every", "ckpt_every", "keep_ckpts",
-             "skip_nonfinite", "iw_samples", "data_dir", "epochs", "min_steps", "max_steps"}
+             "skip_nonfinite", "iw_samples", "data_dir", "epochs", "min_steps", "max_steps",
+             "minutes"}
+# --minutes is fitted once, at the second of these steps, from the time per step since
+# the first: past start-up (and CUDA compiling), early enough that the schedules built
+# for the planned length have barely begun.
+BUDGET_PROBE = (10, 50)
 
 
 def resolve_device(name):
@@ -327,8 +333,8 @@ class Trainer:
         self.batch = tc.lines_per_step(corpus.max_len)
         self.per_epoch = tc.steps_per_epoch(len(self.data), corpus.max_len)
         self.total = tc.total_steps(self.per_epoch)
-        self.beta = KLSchedule(tc.kl_schedule, tc.beta_max, self.total, tc.kl_warmup,
-                               tc.kl_cycles, tc.kl_ratio)
+        self.beta = self.schedule()
+        self.probe_t = None  # when this process passed BUDGET_PROBE[0]
         if use_compile(tc.compile, self.device, self.total, self.group.active):
             self.loss_of = CompiledOrPlain(self.loss_of, log)
         self.step = self.epoch = self.batch_pos = 0
@@ -340,6 +346,11 @@ class Trainer:
         self.best = math.inf  # the lowest valid_loss of a kept record (keep_best)
         self.corpus_line = (f"corpus {corpus.name}: {len(self.data)} train lines, length "
                             f"{corpus.max_len}, vocab {tok.vocab_size}")
+
+    def schedule(self):
+        tc = self.tc
+        return KLSchedule(tc.kl_schedule, tc.beta_max, self.total, tc.kl_warmup,
+                          tc.kl_cycles, tc.kl_ratio)
 
     def restore(self):
         """Continue from the newest checkpoint; a run killed before its first checkpoint
@@ -442,6 +453,7 @@ class Trainer:
                         self.step, self.batch_pos, seen = self.step + 1, self.batch_pos + 1, \
                             seen + len(ids)
                         bar.update(1)
+                        self.fit_budget(bar)
                         self.after_step(terms, bar, seen / (time.time() - self.t0), stop)
                     if self.batch_pos >= self.per_epoch:
                         self.epoch, self.batch_pos = self.epoch + 1, 0
@@ -451,6 +463,31 @@ class Trainer:
         which = f" (step {kept}'s: the lowest validation loss)" if kept != self.step else ""
         self.log(f"trained {self.step} steps in {self.seconds():.0f} s; weights{which} in "
                  f"{self.out}")
+
+    def fit_budget(self, bar):
+        """--minutes: at step BUDGET_PROBE[1], if the planned steps would not fit in the
+        budget at the time per step measured since BUDGET_PROBE[0], train as many as fit.
+        The new length is saved in config.json as max_steps, so a resume, the plotted KL
+        schedule and a reader of the config all see the run that was trained."""
+        first, last = BUDGET_PROBE
+        if self.step == first:
+            self.probe_t = time.time()
+        if self.step != last or self.probe_t is None or not self.tc.minutes \
+                or self.tc.max_steps:
+            return
+        per_step = (time.time() - self.probe_t) / (last - first)
+        # 5% kept for validation records, checkpoints and the rest of the loop
+        left = self.tc.minutes * 60 * 0.95 - self.seconds()
+        fits = self.group.smallest(max(last, last + int(left / per_step)))
+        if fits >= self.total:
+            return
+        self.log(f"\n--minutes {self.tc.minutes:g}: a step takes {per_step:.2f} s here, so "
+                 f"{fits} of the planned {self.total} steps fit (--minutes 0 trains them all)")
+        self.total = self.tc.max_steps = fits
+        self.beta = self.schedule()
+        bar.total = fits
+        if self.group.main:
+            save_train_settings(self.out, max_steps=fits)
 
     def after_step(self, terms, bar, lines_per_s, stop):
         """Progress bar, validation record, checkpoint, and a requested stop."""
