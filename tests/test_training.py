@@ -245,3 +245,36 @@ def test_a_time_budget_the_planned_steps_overrun_trains_what_fits(tmp_path, minu
     assert trainer.schedule_of(config).total_steps == steps
     assert config["train"]["max_steps"] == (steps if minutes else 0)
     assert any("50 of the planned 120 steps fit" in s for s in said) == bool(minutes)
+    # a cut run keeps the planned cycle length (60 steps): 50 steps hold one cycle
+    assert config["train"]["kl_cycles"] == (1 if minutes else 2)
+
+
+def test_a_pace_that_slows_after_the_first_fit_is_refitted_at_a_record(tmp_path, monkeypatch):
+    # A made-up clock: 1 s a step up to step 60, then 3 s. At step 50 the 180 s budget
+    # holds the planned 120 steps; at the record of step 80 (120 s spent, 1.57 s a step
+    # since step 10) only 114 fit.
+    from types import SimpleNamespace
+    import textvae.trainer as trainer
+    from textvae.config import TrainConfig
+    from textvae.model import VAEConfig
+    from textvae.run import read_metrics, read_saved_config
+    from .conftest import write_corpus
+    clock, real_step = {"t": 0.0}, trainer.Trainer.train_step
+
+    def slowing_step(self, *args, **kwargs):
+        clock["t"] += 1.0 if self.step < 60 else 3.0
+        return real_step(self, *args, **kwargs)
+    monkeypatch.setattr(trainer.Trainer, "train_step", slowing_step)
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(time=lambda: clock["t"]))
+    corpus = write_corpus(tmp_path / "c.txt", POEM_LINES)
+    out = tmp_path / "run"
+    tc = TrainConfig(corpus=str(corpus), out=str(out), min_steps=120, minutes=3,
+                     batch_size=4, eval_every=40, ckpt_every=40, iw_samples=0, amp="off")
+    said = []
+    trainer.train(tc, VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8,
+                                refiner_dim=8, refiner_heads=2), log=said.append)
+    assert [r["step"] for r in read_metrics(out)] == [40, 80, 114]
+    assert read_saved_config(out)["train"]["max_steps"] == 114
+    assert [s.strip() for s in said if "--minutes" in s] == [
+        "--minutes 3: at 1.57 s a step, 114 of the planned 120 steps fit, in 2 KL "
+        "cycle(s) (--minutes 0 trains them all)"]
