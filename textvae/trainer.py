@@ -51,9 +51,9 @@ COMPILE_FROM_STEPS = 2000
 RESUMABLE = {"device", "amp", "compile", "eval_every", "ckpt_every", "keep_ckpts",
              "skip_nonfinite", "iw_samples", "data_dir", "epochs", "min_steps", "max_steps",
              "minutes"}
-# --minutes is fitted once, at the second of these steps, from the time per step since
+# --minutes is first fitted at the second of these steps, from the time per step since
 # the first: past start-up (and CUDA compiling), early enough that the schedules built
-# for the planned length have barely begun.
+# for the planned length have barely begun; then again at every validation record.
 BUDGET_PROBE = (10, 50)
 
 
@@ -333,7 +333,7 @@ class Trainer:
         self.batch = tc.lines_per_step(corpus.max_len)
         self.per_epoch = tc.steps_per_epoch(len(self.data), corpus.max_len)
         self.total = tc.total_steps(self.per_epoch)
-        self.beta = self.schedule()
+        self.beta = kl_schedule(self.tc, self.total)
         # --minutes binds a run that did not set its length (a budget that has fitted
         # one writes it as max_steps, so a resumed run keeps it and refits no more).
         self.budget_s = tc.minutes * 60 if not tc.max_steps else 0
@@ -350,11 +350,6 @@ class Trainer:
         self.best = math.inf  # the lowest valid_loss of a kept record (keep_best)
         self.corpus_line = (f"corpus {corpus.name}: {len(self.data)} train lines, length "
                             f"{corpus.max_len}, vocab {tok.vocab_size}")
-
-    def schedule(self):
-        tc = self.tc
-        return KLSchedule(tc.kl_schedule, tc.beta_max, self.total, tc.kl_warmup,
-                          tc.kl_cycles, tc.kl_ratio)
 
     def restore(self):
         """Continue from the newest checkpoint; a run killed before its first checkpoint
@@ -472,7 +467,7 @@ class Trainer:
         """--minutes: at step BUDGET_PROBE[1], and again at every validation record, if
         the steps left would not fit in the budget at the pace since BUDGET_PROBE[0]
         (records and checkpoints included), train as many as fit. Only ever fewer: the
-        pace of a shared machine drifts, and a first guess ran 10% over. The new length
+        pace of a shared machine drifts, and a first guess ran tang7 5% over. The new length
         is saved in config.json as max_steps, so a resume (which refits no more), the
         plotted KL schedule and a reader of the config all see the run that was trained."""
         first, last = BUDGET_PROBE
@@ -495,7 +490,7 @@ class Trainer:
                  f"trains them all)")
         self.total = self.tc.max_steps = fits
         self.tc.kl_cycles = cycles
-        self.beta = self.schedule()
+        self.beta = kl_schedule(self.tc, self.total)
         bar.total = fits
         if self.group.main:
             save_train_settings(self.out, max_steps=fits, kl_cycles=cycles)
@@ -617,8 +612,12 @@ def weights_step(records):
 def schedule_of(config):
     """The KL schedule of a saved run (config.json), as its trainer built it."""
     tc = TrainConfig(**config["train"])
-    total = tc.total_steps(tc.steps_per_epoch(config["data"]["counts"]["train"],
-                                              config["model"]["max_len"]))
+    return kl_schedule(tc, tc.total_steps(tc.steps_per_epoch(
+        config["data"]["counts"]["train"], config["model"]["max_len"])))
+
+
+def kl_schedule(tc, total):
+    """The KL weight's schedule of a run of ``total`` steps with settings ``tc``."""
     return KLSchedule(tc.kl_schedule, tc.beta_max, total, tc.kl_warmup, tc.kl_cycles,
                       tc.kl_ratio)
 
