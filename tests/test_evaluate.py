@@ -137,6 +137,24 @@ def test_kneser_ney_trigram_is_a_distribution_and_prefers_real_lines():
     assert lm.bits_per_char(held_out) > lm.bits_per_char(shuffled) + 1.0
 
 
+def test_poem_thread_scores_lines_of_one_theme_above_lines_of_different_poems():
+    from textvae.judge import PoemThread
+    # Two themes: lines of a poem draw on one theme's characters.
+    themes = ["山水云松石泉", "酒杯歌舞夜灯"]
+    rng = random.Random(0)
+    poems = [["".join(rng.sample(themes[i % 2], 3)) for _ in range(4)] for i in range(200)]
+    judge = PoemThread(poems)
+    mixed = [[poems[i][0], poems[i + 1][1], poems[i][2], poems[i + 1][3]]
+             for i in range(0, 40, 2)]
+    assert judge.bits(poems[:40]) > judge.bits(mixed) + 0.5
+    assert judge.poem_bits(poems[0][:1]) == 0.0   # one line: no other line to agree with
+    # A character of no training poem, or of one, is not scored: one poem's pair
+    # would read as a strong bond (log2 1 / p(d), ~12 bits here).
+    one = PoemThread(poems + [["鹤", "琴"]])
+    assert one.pmi("鹤", "山") is None and one.pmi("鹤", "琴") is None
+    assert one.poem_bits(["鹤", "琴"]) == 0.0
+
+
 def test_mutual_info_over_many_lines_stays_within_a_memory_budget(monkeypatch):
     # 20,000 lines x 64 dimensions: a fixed chunk of 256 lines would build (256, N, D)
     # tensors of 1.3 GB (20 GB for the tang5 training split). Identical posteriors

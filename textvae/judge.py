@@ -8,6 +8,9 @@ samples cover real verse; Zhao et al. 2018). Two orders are kept:
 - CharKN: interpolated Kneser-Ney of order 3 (Chen & Goodman 1998, with one discount
   D = 0.75 at each order), the judge the sample-quality targets are stated in. Its
   figures are in bits per character (log2), counting the line end as one symbol.
+
+A whole poem has a third judge, PoemThread: do its lines belong together, fitted on real
+poems (a character model of lines cannot see that).
 """
 import math
 import re
@@ -130,3 +133,51 @@ def chars_changed(a, b):
     """Positions at which two lines differ (a length difference counts per position)."""
     return sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
 
+
+class PoemThread:
+    """How much the lines of a poem belong together, in bits: the mean pointwise mutual
+    information of a character of one line with a character of another line of the same
+    poem, log2 p(d in another line | c in this one) / p(d), counted on real poems.
+
+    A character in few poems makes the ratio noise (one poem's rare character would
+    "predict" every other character of that poem), so only characters found in at
+    least ``min_lines`` lines are scored, and each conditional is shrunk toward p(d)
+    by ``shrink`` pseudo-counts. Lines of unrelated poems score below lines of one poem;
+    compare a system's poems with its own lines re-dealt into poems.
+    """
+
+    def __init__(self, poems, shrink=20.0, min_lines=20):
+        self.shrink, self.min_lines = shrink, min_lines
+        self.pair, self.ctx, self.other = Counter(), Counter(), Counter()
+        self.lines = Counter()
+        for poem in poems:
+            self.lines.update(c for line in poem for c in set(line))
+            for a, b in self._line_pairs(poem):
+                for c in a:
+                    for d in b:
+                        self.pair[(c, d)] += 1
+                self.ctx.update({c: len(b) for c in a})
+                self.other.update(b)
+        self.n = sum(self.other.values())
+
+    @staticmethod
+    def _line_pairs(poem):
+        sets = [set(line) for line in poem]
+        return [(a, b) for i, a in enumerate(sets) for j, b in enumerate(sets) if i != j]
+
+    def pmi(self, c, d):
+        """log2 p(d | c) / p(d) in bits; None where c or d is too rare to say."""
+        if min(self.lines[c], self.lines[d]) < self.min_lines:
+            return None
+        p_d = self.other[d] / self.n
+        return math.log2((self.pair[(c, d)] + self.shrink * p_d)
+                         / (self.ctx[c] + self.shrink) / p_d)
+
+    def poem_bits(self, poem):
+        scores = [self.pmi(c, d) for a, b in self._line_pairs(poem) for c in a for d in b]
+        scores = [s for s in scores if s is not None]
+        return sum(scores) / max(len(scores), 1)
+
+    def bits(self, poems):
+        """Mean over poems (lists of lines) of ``poem_bits``."""
+        return sum(self.poem_bits(p) for p in poems) / max(len(poems), 1)

@@ -1,0 +1,117 @@
+"""Whole poems: do the four lines of a quatrain belong together?
+
+    python bench/poems.py [--run5 runs/tang5] [--runq runs/quatrain5] [--poems 500]
+
+Systems, each writing five-character quatrains (each skipped when its run is missing):
+  lines          the tang5 run's default poems (`generate.py`): four lines from four
+                 independent z
+  walk rho R     the tang5 run's form writer (`--form wujue`, rhyme off, no tones): the
+                 lines' z walk, z_i = R z_(i-1) + sqrt(1 - R^2) eps, 64 candidates a line
+  whole poem     the run of `train.py --corpus quatrain5`: one z a poem, whose refiner
+                 writes all 24 positions left to right, so a line is written after the
+                 lines before it
+  real           the quatrain5 corpus' held-out poems (valid + test splits)
+The judges are fitted on the quatrain5 training split only (its poems, their clauses),
+and generation never uses them:
+  thread   PoemThread (textvae/judge.py): the mean PMI, in bits, of a character of one
+           line with one of another line of the poem; then the same system's lines
+           re-dealt at random into poems (three deals), and the margin between the two:
+           how much more a poem's lines belong together than lines of different poems
+           of the same system. Independent lines score ~0 by construction.
+  kn_bits  the KN character trigram of the evaluation, bits per character of a line
+  overlap  share of a line's characters the line before also has (a tight walk copies)
+  distinct_2, well_formed (four lines of five characters, none outside the vocabulary)
+"""
+import argparse
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from textvae.data import load_corpus  # noqa: E402
+from textvae.generate import SampleConfig, poems, sample  # noqa: E402
+from textvae.judge import CharKN, PoemThread, distinct_n  # noqa: E402
+from textvae.poetry import PoemConfig, write_poems  # noqa: E402
+from textvae.prosody import FORMS  # noqa: E402
+from textvae.run import load_run  # noqa: E402
+
+HAN5 = re.compile(r"^[\u4e00-\u9fff]{5}$")
+
+
+def clauses(text):
+    """'甲，乙。丙，丁。' -> ['甲', '乙', '丙', '丁']."""
+    return [c for c in re.split("[，。]", text) if c]
+
+
+def redealt(poem_list, seed):
+    """The same lines dealt into poems at random: lines of different poems."""
+    lines = [line for p in poem_list for line in p]
+    random.Random(seed).shuffle(lines)
+    return [lines[i:i + 4] for i in range(0, len(lines) - 3, 4)]
+
+
+def figures(poem_list, thread, kn):
+    ok = [p for p in poem_list if len(p) == 4 and all(HAN5.match(x) for x in p)]
+    lines = [x for p in ok for x in p]
+    own = thread.bits(ok)
+    shuffled = sum(thread.bits(redealt(ok, s)) for s in range(3)) / 3
+    pairs = [len(set(a) & set(b)) / len(a) for p in ok for a, b in zip(p, p[1:])]
+    return {"poems": len(poem_list), "well_formed": len(ok) / max(len(poem_list), 1),
+            "thread": own, "thread_shuffled": shuffled, "thread_margin": own - shuffled,
+            "kn_bits": kn.bits_per_char(lines), "overlap": sum(pairs) / max(len(pairs), 1),
+            "distinct_2": distinct_n(lines, 2), "shown": ok[:2]}
+
+
+def systems(args, n):
+    """(name, list of poems) for every system whose run exists."""
+    out = []
+    if (Path(args.run5) / "model.safetensors").exists():
+        run = load_run(args.run5)
+        out.append(("lines (independent z)", list(poems(run, n, 4, SampleConfig()))))
+        for rho in args.rho:
+            pc = PoemConfig(FORMS["wujue"], rhyme="off", rho=rho)
+            out.append((f"walk rho {rho}", list(write_poems(run, pc, n, SampleConfig()))))
+    if (Path(args.runq) / "model.safetensors").exists():
+        run = load_run(args.runq)
+        out.append(("whole poem (quatrain5)", [clauses(t) for t in sample(run, n)]))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run5", default="runs/tang5")
+    p.add_argument("--runq", default="runs/quatrain5")
+    p.add_argument("--poems", type=int, default=500)
+    p.add_argument("--rho", type=float, nargs="*", default=[0.1, 0.6])
+    p.add_argument("--data-dir", default="data")
+    args = p.parse_args(argv)
+    corpus = load_corpus("quatrain5", args.data_dir)
+    train = [clauses(t) for t in corpus.splits["train"]]
+    t = time.time()
+    thread = PoemThread(train)
+    kn = CharKN([x for poem in train for x in poem], 10_000)
+    print(f"judges fitted on {len(train)} poems in {time.time() - t:.0f} s", flush=True)
+    real = [clauses(t) for t in corpus.splits["valid"] + corpus.splits["test"]]
+    rows = [(f"real held-out ({len(real)})", figures(real, thread, kn))]
+    for name, poem_list in systems(args, args.poems):
+        rows.append((name, figures(poem_list, thread, kn)))
+        print(f"{name} done", flush=True)
+    print_table(rows)
+    for name, r in rows:
+        print(f"\n{name}:")
+        print("\n\n".join("\n".join(p) for p in r["shown"]))
+
+
+def print_table(rows):
+    cols = ["well_formed", "thread", "thread_shuffled", "thread_margin", "kn_bits",
+            "overlap", "distinct_2"]
+    print(f"\n| system | {' | '.join(cols)} |")
+    print("|" + "---|" * (len(cols) + 1))
+    for name, r in rows:
+        print(f"| {name} | {' | '.join(f'{r[c]:.3f}' for c in cols)} |")
+
+
+if __name__ == "__main__":
+    main()
