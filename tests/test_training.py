@@ -278,3 +278,22 @@ def test_a_pace_that_slows_after_the_first_fit_is_refitted_at_a_record(tmp_path,
     assert [s.strip() for s in said if "--minutes" in s] == [
         "--minutes 3: at 1.57 s a step, 114 of the planned 120 steps fit, in 2 KL "
         "cycle(s) (--minutes 0 trains them all)"]
+
+
+@pytest.mark.parametrize("given, saved", [(0.0, 0.5), (0.8, 0.8)])
+def test_the_kl_weight_is_the_recipes_unless_given(tmp_path, monkeypatch, given, saved):
+    from textvae.config import TrainConfig
+    from textvae.corpora import default_beta
+    from textvae.model import VAEConfig
+    from textvae.run import read_saved_config
+    from textvae.trainer import schedule_of, start_run
+    from .conftest import write_corpus
+    corpus = write_corpus(tmp_path / "c.txt", POEM_LINES)   # a user's file: 0.5
+    tc = TrainConfig(corpus=str(corpus), out=str(tmp_path / "run"), beta_max=given)
+    config = read_saved_config(start_run(tc, VAEConfig())[0])
+    assert config["train"]["beta_max"] == pytest.approx(saved)
+    assert schedule_of(config).beta_max == pytest.approx(saved)  # the plot, a resume
+    assert (default_beta("tang5"), default_beta("tang7")) == (0.5, 0.35)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tang7").write_text("".join(x + "\n" for x in POEM_LINES), encoding="utf-8")
+    assert default_beta("tang7") == 0.5                     # a file named like a recipe

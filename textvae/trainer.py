@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .anneal import KLSchedule
 from .config import TrainConfig, flag
+from .corpora import default_beta
 from .data import load_corpus
 from .distributed import Group, shard
 from .errors import UserError
@@ -216,6 +217,7 @@ def start_run(tc: TrainConfig, mc: VAEConfig, log=print):
     tok = CharTokenizer.train(corpus.train, tc.vocab_size)
     mc.vocab_size, mc.max_len = tok.vocab_size, corpus.max_len
     mc.__post_init__()
+    tc.beta_max = tc.beta_max or default_beta(tc.corpus)  # saved as the number
     save_run(out, tc, mc, tok, corpus)
     return out, tc, mc, tok, corpus
 
