@@ -25,23 +25,26 @@ def write_corpus(path, lines):
     return path
 
 
-@pytest.fixture(scope="session")
-def overfit_run(tmp_path_factory):
-    """A run trained (through the real train() path) until it memorises POEM_LINES."""
+def overfit(tmp, lines, **settings):
+    """A run trained (through the real train() path) until it memorises ``lines``."""
     from textvae.config import TrainConfig
     from textvae.model import VAEConfig
     from textvae.run import load_run
     from textvae.trainer import train
-    tmp = tmp_path_factory.mktemp("overfit")
-    # Repeat the lines so each of the hash splits gets a copy and training sees all 8.
-    corpus = write_corpus(tmp / "eight.txt", POEM_LINES)
+    corpus = write_corpus(tmp / "lines.txt", lines)
     tc = TrainConfig(corpus=str(corpus), out=str(tmp / "run"), epochs=400, batch_size=8,
                      lr=5e-3, kl_schedule="constant", beta_max=0.1, free_bits=0.0,
-                     eval_every=1000, ckpt_every=1000, iw_samples=0, amp="off", min_steps=0)
+                     eval_every=1000, ckpt_every=1000, iw_samples=0, amp="off", min_steps=0,
+                     **settings)
     mc = VAEConfig(emb_dim=32, enc_hidden=32, latent=8, dec_hidden=32, dropout=0.0,
                    refiner_dim=32, refiner_heads=2)
-    out = train(tc, mc, log=lambda *a: None)
-    return load_run(out)
+    return load_run(train(tc, mc, log=lambda *a: None))
+
+
+@pytest.fixture(scope="session")
+def overfit_run(tmp_path_factory):
+    """A run that has memorised POEM_LINES."""
+    return overfit(tmp_path_factory.mktemp("overfit"), POEM_LINES)
 
 
 def run_cli(script, *args, cwd=None, timeout=300, env=None):

@@ -143,7 +143,8 @@ def _sampling(sp):
                     help="same seed, same output; another seed, independent output")
     sp.add_argument("--temperature", type=float, default=d.temperature,
                     help="characters are drawn from softmax(logits / T); 0: the most "
-                         f"likely, greedily (default: {d.temperature})")
+                         "likely, greedily (default: 0.7 for a character run, 0.8 for "
+                         "a run of word pieces)")
     sp.add_argument("--top-k", type=int, default=d.top_k,
                     help="k > 0: draw among the k most likely only; 0: among all")
     sp.add_argument("--noise", type=float, default=d.noise,

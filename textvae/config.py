@@ -15,8 +15,14 @@ class TrainConfig:
     corpus: str = "tang5"         # a recipe name (corpora/) or the path of a UTF-8 file
     data_dir: str = "data"        # where recipes write prepared corpora
     out: str = ""                 # run folder; default runs/<corpus name>
-    vocab_size: int = 4000        # characters kept (+4 specials); rarer ones become <unk>
-    max_len: int = 0              # 0: the longest training line (at most 64)
+    units: str = "auto"           # what a decoder position holds: chars, pieces (BPE word
+                                  # pieces, for English verse), or auto: the recipe's,
+                                  # else pieces for a script written with spaces
+                                  # (corpora.default_units)
+    vocab_size: int = 0           # ids kept (+4 specials): characters (rarer ones become
+                                  # <unk>) or pieces; 0: 4000 characters, 1000 pieces
+    max_len: int = 0              # longest line kept, in characters; 0: the longest training
+                                  # line (at most 64)
     epochs: float = 2.4           # passes over the training split (tang5: ~14 min on 2
                                   # CPU cores); see min_steps and max_steps
     min_steps: int = 3000         # a small corpus still trains this many steps (10k lines
@@ -62,17 +68,18 @@ class TrainConfig:
     skip_bad_lines: bool = False  # drop corpus lines that are not UTF-8 instead of failing
 
     # Not a field: the flags' allowed values.
-    CHOICES = {"kl_schedule": ("constant", "linear", "sigmoid", "cyclical"),
+    CHOICES = {"units": ("auto", "chars", "pieces"),
+               "kl_schedule": ("constant", "linear", "sigmoid", "cyclical"),
                "amp": ("auto", "bf16", "off"), "compile": ("auto", "on", "off")}
 
     def __post_init__(self):
-        for name in ("vocab_size", "batch_size", "eval_every", "ckpt_every", "keep_ckpts"):
+        for name in ("batch_size", "eval_every", "ckpt_every", "keep_ckpts"):
             if getattr(self, name) < 1:
                 raise UserError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("epochs", "lr"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("free_bits", "iw_samples", "max_len", "min_steps", "max_steps",
+        for name in ("vocab_size", "free_bits", "iw_samples", "max_len", "min_steps", "max_steps",
                      "batch_chars", "minutes", "beta_max"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")

@@ -177,4 +177,5 @@ def prepared_file(path, skip_bad_lines=False):
 def corpus_of_run(run):
     """The corpus a run was trained on, read with the run's own settings."""
     t = run.config["train"]
-    return load_corpus(t["corpus"], t["data_dir"], run.max_len, t.get("skip_bad_lines", False))
+    return load_corpus(t["corpus"], t["data_dir"], run.config["data"]["max_len"],
+                       t.get("skip_bad_lines", False))

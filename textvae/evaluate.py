@@ -22,7 +22,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from .generate import SampleConfig, fit_z, sample, write_lines
+from .generate import SampleConfig, fit_z, sample, texts, write_lines
 from .judge import (CharBigram, CharKN, adjacent_repeat_share, chars_changed, distinct_n,
                     known_word_share)
 from .model import gaussian_kl
@@ -122,11 +122,11 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
     gen = torch.Generator().manual_seed(seed)
     device = next(run.model.parameters()).device
     idx = torch.from_numpy(run.tokenizer.encode_batch(lines, run.max_len)).to(device)
-    out = likelihood_and_reconstruction(run, idx, batch_size, gen, sc)
+    out = likelihood_and_reconstruction(run, idx, lines, batch_size, gen, sc)
     out.update(fitted_reconstruction(run, idx, sc, seed))
     if iw_samples > 0:
-        out.update(iw_figures(run, idx, iw_samples, gen, progress))
-    judge = CharKN(train_lines, len(run.tokenizer.chars)) if n_samples or n_pairs else None
+        out.update(iw_figures(run, idx, iw_samples, gen, progress, out["chars"]))
+    judge = CharKN(train_lines, run.tokenizer.alphabet_size) if n_samples or n_pairs else None
     if n_samples > 0:
         out.update(sample_figures(run, lines, train_lines, n_samples, seed, sc, judge, seen))
     if n_pairs > 0 and len(lines) >= 2:
@@ -134,15 +134,16 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
     return out
 
 
-def likelihood_and_reconstruction(run, idx, batch_size, gen, sc):
+def likelihood_and_reconstruction(run, idx, lines, batch_size, gen, sc):
     """-ELBO terms, MI, AU, and reconstruction accuracy from mu and from a sampled z, for
-    the token ids ``idx`` (N, L) of the evaluated lines."""
+    the token ids ``idx`` (N, L) of the evaluated ``lines``. Per-character figures are
+    per character of the lines, whatever a position holds."""
     model = run.model
     device = idx.device
-    n_chars = int((idx != PAD).sum())
+    n_chars = sum(map(len, lines))
     mus, logvars, rec, kl = [], [], 0.0, torch.zeros(model.cfg.latent)
     hits, exact = {"mu": 0, "z": 0}, {"mu": 0, "z": 0}
-    for batch in _batches(idx, batch_size):
+    for first, batch in zip(range(0, len(idx), batch_size), _batches(idx, batch_size)):
         mu, logvar = model.encode(batch)
         z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen).to(device)
         rec -= float(log_px_given_z(model, z, batch).sum())
@@ -152,7 +153,9 @@ def likelihood_and_reconstruction(run, idx, batch_size, gen, sc):
             guess = write_lines(run, src, 0.0, SampleConfig(keep=sc.keep)).to(device)
             # Character accuracy over real characters; a line is exact when every
             # position matches, padding included (so its length is right too).
-            hits[kind] += int(((guess == batch) & mask).sum())
+            hits[kind] += int(((guess == batch) & mask).sum()) \
+                if run.tokenizer.unit == "character" else \
+                _chars_in_place(texts(run, guess), lines[first:first + len(batch)])
             exact[kind] += int((guess == batch).all(1).sum())
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
@@ -169,6 +172,13 @@ def likelihood_and_reconstruction(run, idx, batch_size, gen, sc):
             "acc_z": hits["z"] / n_chars, "exact_z": exact["z"] / N}
 
 
+def _chars_in_place(written, lines):
+    """Characters of ``lines`` that ``written`` has at the same place (a piece run's
+    character accuracy: a wrong piece early shifts the rest, as a wrong character
+    would not)."""
+    return sum(a == b for w, line in zip(written, lines) for a, b in zip(w, line))
+
+
 def fitted_reconstruction(run, idx, sc, seed, n=1000):
     """Exact lines when z is fitted to the line (generate.fit_z, as reconstruct and
     interpolate do), over up to ``n`` lines whose characters are all in the vocabulary
@@ -182,20 +192,20 @@ def fitted_reconstruction(run, idx, sc, seed, n=1000):
             "in_vocab": len(known) / len(idx)}
 
 
-def iw_figures(run, idx, k, gen, progress=None):
+def iw_figures(run, idx, k, gen, progress=None, n_chars=None):
     total, N = 0.0, len(idx)
     for i, batch in enumerate(_batches(idx, 64)):
         total += float(iw_nll(run.model, batch, k, gen=gen).sum())
         if progress:
             progress(min((i + 1) * 64, N), N)
-    n_chars = int((idx != PAD).sum())
+    n_chars = n_chars or int((idx != PAD).sum())
     return {"iw_samples": k, "iw_nll": total / N, "iw_nll_per_char": total / n_chars}
 
 
 def sample_figures(run, lines, train_lines, n, seed, sc, judge, seen=None):
     """Samples from the prior against as many real lines, under judges fitted elsewhere."""
     return judge_samples(sample(run, n, sc), lines, train_lines, run.form,
-                         len(run.tokenizer.chars), seed, judge, seen)
+                         run.tokenizer.alphabet_size, seed, judge, seen)
 
 
 def judge_samples(samples, lines, train_lines, form, vocab_size, seed=0, judge=None,

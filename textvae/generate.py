@@ -27,9 +27,10 @@ from .tokenizer import BOS, EOS, PAD, UNK
 
 @dataclass
 class SampleConfig:
-    temperature: float = 0.7  # characters are drawn from softmax(logits / temperature);
-                              # 0: the most likely one (greedy). tang5, 1,000 samples:
-                              # 0.7 is 0.15 bits/char below real lines, 0.8 0.48 below
+    temperature: float | None = None  # characters are drawn from softmax(logits / T);
+                              # 0: the most likely one (greedy); None: the run's,
+                              # TEMPERATURE (tang5, 1,000 samples: 0.7 is 0.15 bits/char
+                              # below real lines, 0.8 0.48 below)
     top_k: int = 0            # k > 0: draw among the k most likely only; 0: among all
     seed: int = 0             # same seed, same poems; different seeds, independent poems
     noise: float = 0.5        # level at which the refiner reads a prior z: 0 trusts z
@@ -49,7 +50,7 @@ class SampleConfig:
     keywords: str = ""        # characters, comma-separated: each line holds one, in turn
 
     def __post_init__(self):
-        if not self.temperature >= 0:
+        if self.temperature is not None and not self.temperature >= 0:
             raise UserError(f"--temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise UserError(f"--top-k must be >= 0, got {self.top_k}")
@@ -69,6 +70,22 @@ class SampleConfig:
 
     def keyword_list(self):
         return [k.strip() for k in self.keywords.split(",")] if self.keywords.strip() else []
+
+
+# The default temperature of a run whose positions hold characters, or word pieces.
+# Sonnets, 1,000 samples of the default run (runs/sonnets_pieces), novel / unique / sample
+# words found in train / KN-3 bits per char (real lines -2.71): at 0.7 0.943 / 0.986 /
+# 0.916 / -2.69, at 0.8 0.969 / 0.997 / 0.895 / -2.70, at 0.9 0.986 / 0.999 / 0.869 /
+# -2.74. A piece holds more of a line than a character, so a cold draw lands on whole
+# training lines more often: 0.8 writes fewer copies at the same fluency.
+TEMPERATURE = {"character": 0.7, "piece": 0.8}
+
+
+def for_run(run, sc: SampleConfig):
+    """``sc`` with the run's default temperature where it names none."""
+    if sc.temperature is None:
+        return replace(sc, temperature=TEMPERATURE[run.tokenizer.unit])
+    return sc
 
 
 def banned_for(lengths, max_len):
@@ -139,7 +156,7 @@ def write_lines(run, z, noise, sc: SampleConfig = SampleConfig(), given=None, ge
     prefer: optional (B, L) ids whose logits get ``sc.stay`` nats more (a path's
     previous point).
     """
-    return write_ids(run.model, run.form.lengths, z, noise, sc, given, gen, allowed, gumbel,
+    return write_ids(run.model, run.lengths, z, noise, for_run(run, sc), given, gen, allowed, gumbel,
                      prefer)
 
 
@@ -147,7 +164,9 @@ def write_lines(run, z, noise, sc: SampleConfig = SampleConfig(), given=None, ge
 def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given=None,
               gen=None, allowed=None, gumbel=None, prefer=None):
     """``write_lines`` for a bare model and its corpus' line lengths (the trainer has no
-    run yet)."""
+    run yet: a temperature of None is a character run's)."""
+    if sc.temperature is None:
+        sc = replace(sc, temperature=TEMPERATURE["character"])
     banned, min_len = banned_for(lengths, model.cfg.max_len), min(lengths)
     z = z.to(next(model.parameters()).device)
     if given is not None:
@@ -281,6 +300,7 @@ def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads
     whole-poem corpus), in order.
     """
     if heads is not None:
+        run.need_characters("--acrostic")
         lines_per_poem = len(acrostic_patterns(run, heads))
     gen = torch.Generator().manual_seed(sc.seed)
     for todo in batch_sizes(n_poems, batch):
@@ -344,7 +364,7 @@ def fit_z(run, idx, steps=30, lr=0.1, prior=0.1):
     the vocabulary) while z moves a quarter of a posterior standard deviation.
     """
     model = run.model
-    banned, min_len = banned_for(run.form.lengths, model.cfg.max_len), min(run.form.lengths)
+    banned, min_len = banned_for(run.lengths, model.cfg.max_len), min(run.lengths)
     with torch.no_grad():
         mu, _ = model.encode(idx)
     z = mu.detach().clone().requires_grad_(True)
@@ -471,6 +491,7 @@ def complete(run, patterns, sc: SampleConfig = SampleConfig(), candidates=256, b
     """
     if isinstance(patterns, str):
         patterns = [patterns]
+    run.need_characters("--keywords" if sc.keywords else "completing a pattern")
     if candidates < 1:
         raise UserError(f"candidates must be >= 1, got {candidates}")
     given = torch.tensor([_pattern_ids(run, p, blank) for p in patterns])      # (P, L)
@@ -485,6 +506,7 @@ def complete(run, patterns, sc: SampleConfig = SampleConfig(), candidates=256, b
 def keyword_ids(run, sc, n, cycle=True):
     """Ids (n,) of the keyword each of n lines holds: the keywords in turn (``cycle``),
     or the first n of them, -1 where they have run out."""
+    run.need_characters("--keywords")
     kws = [run.tokenizer.encode(k, allow_unk=False)[0] for k in sc.keyword_list()]
     return torch.tensor([kws[i % len(kws)] if cycle or i < len(kws) else -1
                          for i in range(n)])

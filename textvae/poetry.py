@@ -71,6 +71,7 @@ class VocabTones:
 
 
 def _check_run(run, form):
+    run.need_characters(f"--form {form.name}")
     if form.chars not in run.form.lengths:
         raise UserError(f"{form.name} ({form.chinese}) needs a run trained on "
                         f"{form.chars}-character lines (e.g. --corpus tang{form.chars}); "

@@ -28,7 +28,7 @@ from safetensors.torch import save as st_save
 from .errors import UserError
 from .files import atomic_write_bytes, read_json, write_json
 from .model import TextVAE, VAEConfig
-from .tokenizer import CharTokenizer
+from .tokenizer import CharTokenizer, load_tokenizer
 
 CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.model", "model.safetensors"
 METRICS, SUMMARY, CKPT_DIR = "metrics.jsonl", "summary.json", "checkpoints"
@@ -50,7 +50,19 @@ class Run:
 
     @property
     def max_len(self):
+        """Positions: characters, or pieces (tokenizer.unit)."""
         return self.model.cfg.max_len
+
+    @property
+    def lengths(self):
+        """Line lengths in positions seen in training (the form's, for characters)."""
+        return self.config["data"].get("positions") or self.form.lengths
+
+    def need_characters(self, what):
+        """Refuse, in one line, a feature that places characters at positions."""
+        if self.tokenizer.unit != "character":
+            raise UserError(f"{what} places characters at positions, and this run's "
+                            f"positions hold {self.tokenizer.unit}s (--units pieces)")
 
     # The Python API: each method is the command of the same name in generate.py.
     # Keyword arguments are those of SampleConfig (seed, noise, top_k, temperature, ...).
@@ -120,6 +132,7 @@ def save_run(out, tc, mc, tok, corpus):
         "data": {"corpus": corpus.name, "max_len": corpus.max_len,
                  "counts": {s: len(v) for s, v in corpus.splits.items()},
                  "skipped": corpus.skipped, "form": corpus.form.to_dict(),
+                 "positions": tok.position_lengths(corpus),
                  "lines_per_poem": 1 if corpus.name.startswith("quatrain") else 4}})
 
 
@@ -207,7 +220,7 @@ def load_run(run_dir, device="cpu"):
         raise UserError(f"not a run folder: {run_dir}")
     config = read_saved_config(run_dir)
     cfg = VAEConfig.from_dict(config["model"])
-    tok = CharTokenizer.load(run_dir / TOKENIZER)
+    tok = load_tokenizer(run_dir / TOKENIZER, config["train"].get("units", "chars"))
     state = read_weights(run_dir / WEIGHTS)
     check_compatible(cfg, tok, state, run_dir)
     model = TextVAE(cfg)

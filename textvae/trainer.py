@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .anneal import KLSchedule
 from .config import TrainConfig, flag
-from .corpora import default_beta
+from .corpora import default_beta, default_units
 from .data import load_corpus
 from .distributed import Group, shard
 from .errors import UserError
@@ -37,7 +37,7 @@ from .run import (CKPT_DIR, CURVES, METRICS, SUMMARY, WEIGHTS, append_metrics,
                   clean_temp_files, has_checkpoint, load_checkpoint, open_run_folder,
                   read_metrics, read_saved_config, save_checkpoint, save_run,
                   save_train_settings, save_weights)
-from .tokenizer import PAD, CharTokenizer
+from .tokenizer import PAD, VOCAB, load_tokenizer, tokenizer_class
 from .tokens import TokenIds, cache_file, epoch_order
 
 INTERRUPTED = 130
@@ -214,10 +214,15 @@ def start_run(tc: TrainConfig, mc: VAEConfig, log=print):
     corpus = load_corpus(tc.corpus, tc.data_dir, tc.max_len, tc.skip_bad_lines)
     out = Path(tc.out or Path("runs") / corpus.name)
     open_run_folder(out)
-    tok = CharTokenizer.train(corpus.train, tc.vocab_size)
-    mc.vocab_size, mc.max_len = tok.vocab_size, corpus.max_len
+    # auto settings are resolved here and saved as what they resolved to
+    tc.units = tc.units if tc.units != "auto" else default_units(tc.corpus, corpus.train)
+    tc.vocab_size = tc.vocab_size or VOCAB[tc.units]
+    tc.beta_max = tc.beta_max or default_beta(tc.corpus)
+    tok = tokenizer_class(tc.units).train(corpus.train, tc.vocab_size)
+    # One position a character, or a piece: as many as the longest line of any split takes
+    mc.vocab_size, mc.max_len = tok.vocab_size, max(
+        tok.longest(lines) for lines in corpus.splits.values())
     mc.__post_init__()
-    tc.beta_max = tc.beta_max or default_beta(tc.corpus)  # saved as the number
     save_run(out, tc, mc, tok, corpus)
     return out, tc, mc, tok, corpus
 
@@ -236,11 +241,11 @@ def reopen_run(folder, given, log=print, clean=True):
     tc = TrainConfig(**{**saved["train"], **{k: v for k, v in given.items()
                                               if k in RESUMABLE}})
     mc = VAEConfig.from_dict(saved["model"])
-    corpus = load_corpus(tc.corpus, tc.data_dir, mc.max_len, tc.skip_bad_lines)
+    corpus = load_corpus(tc.corpus, tc.data_dir, saved["data"]["max_len"], tc.skip_bad_lines)
     removed = clean_temp_files(out) if clean else 0
     if removed:
         log(f"removed {removed} temporary file(s) left by an interrupted write")
-    return out, tc, mc, CharTokenizer.load(out / "tokenizer.model"), corpus
+    return out, tc, mc, load_tokenizer(out / "tokenizer.model", tc.units), corpus
 
 
 def _same_path(a, b):
@@ -327,13 +332,14 @@ class Trainer:
         self.bf16 = use_amp(tc.amp, self.device)
         # The training ids: encoded once into a uint16 file in the user's cache (rank 0
         # writes it), read a batch at a time on a CPU, held on the device on a GPU.
-        ids = self.group.first(lambda: str(cache_file(corpus, tok, corpus.max_len)))
-        self.data = TokenIds(ids, corpus.max_len, self.device)
+        L = model.cfg.max_len  # positions: corpus.max_len characters, or fewer pieces
+        ids = self.group.first(lambda: str(cache_file(corpus, tok, L)))
+        self.data = TokenIds(ids, L, self.device)
         valid = corpus.splits["valid"] or corpus.train.head(1000)
-        self.valid = torch.from_numpy(tok.encode_batch(valid, corpus.max_len)).to(self.device)
-        self.lengths = corpus.form.lengths  # for validation's decoding
-        self.batch = tc.lines_per_step(corpus.max_len)
-        self.per_epoch = tc.steps_per_epoch(len(self.data), corpus.max_len)
+        self.valid = torch.from_numpy(tok.encode_batch(valid, L)).to(self.device)
+        self.lengths = tok.position_lengths(corpus)  # for validation's decoding
+        self.batch = tc.lines_per_step(L)
+        self.per_epoch = tc.steps_per_epoch(len(self.data), L)
         self.total = tc.total_steps(self.per_epoch)
         self.beta = kl_schedule(self.tc, self.total)
         # --minutes binds a run that did not set its length (a budget that has fitted
@@ -351,7 +357,7 @@ class Trainer:
         self.elapsed = 0.0  # training seconds before this process (resumed runs)
         self.best = math.inf  # the lowest valid_loss of a kept record (keep_best)
         self.corpus_line = (f"corpus {corpus.name}: {len(self.data)} train lines, length "
-                            f"{corpus.max_len}, vocab {tok.vocab_size}")
+                            f"{L} {tok.unit}s, vocab {tok.vocab_size}")
 
     def restore(self):
         """Continue from the newest checkpoint; a run killed before its first checkpoint

@@ -63,7 +63,7 @@ def build(run):
 
 
 def _write_tab(gr, run):
-    from .generate import SampleConfig
+    from .generate import SampleConfig, for_run
     with gr.Row():
         form = gr.Dropdown(FORMS, value="lines", label="form (lines: free lines)")
         rhyme = gr.Dropdown(["pingshui", "xinyun", "off"], value="pingshui", label="rhyme")
@@ -75,7 +75,8 @@ def _write_tab(gr, run):
         keywords = gr.Textbox(label="keywords (月,秋)", max_lines=1)
         theme = gr.Textbox(label="theme (a line)", max_lines=1)
         top_k = gr.Number(value=0, precision=0, minimum=0, label="top-k (0: all)")
-        temperature = gr.Slider(0.0, 2.0, value=SampleConfig().temperature, step=0.05,
+        temperature = gr.Slider(0.0, 2.0, value=for_run(run, SampleConfig()).temperature,
+                                step=0.05,
                                 label="temperature (0: greedy)")
     go = gr.Button("Write", variant="primary", elem_id="write-btn")
     out = gr.Textbox(label="poems", lines=12, elem_id="poems")
