@@ -31,27 +31,39 @@ from textvae.data import load_corpus  # noqa: E402
 from textvae.evaluate import evaluate_split, format_table, judge_samples  # noqa: E402
 from textvae.model import TextVAE  # noqa: E402
 from textvae.run import load_run  # noqa: E402
-from textvae.tokenizer import CharTokenizer  # noqa: E402
+from textvae.corpora import default_units  # noqa: E402
+from textvae.tokenizer import VOCAB, CharTokenizer, tokenizer_class  # noqa: E402
 from textvae.trainer import resolve_device, use_amp  # noqa: E402
 
 VAES = {"default": [], "su2018": ["--preset", "su2018"]}
 
 
-def steps_for(name, minutes, data, tok, max_len):
+def steps_for(name, minutes, data, tok):
     """Training steps that fit in ``minutes``, from the measured step time (+5% for
-    validation and checkpoints)."""
-    tc, mc = configs_for(name, tok, max_len)
-    model = TextVAE(mc)
-    amp = use_amp("auto", resolve_device("auto"))
-    step = step_fn(model, torch.optim.Adam(model.parameters(), lr=tc.lr), amp)
-    sec = time_steps(step, data, tc.batch_size, 20) * 1.05
+    validation and checkpoints); ``data``: the training ids as the VAEs see them."""
+    tc, mc = configs_for(name, tok, data.shape[1])
+    device = resolve_device("auto")
+    model = TextVAE(mc).to(device)
+    step = step_fn(model, torch.optim.Adam(model.parameters(), lr=tc.lr),
+                   use_amp("auto", device), device)
+    sec = time_steps(step, data, tc.lines_per_step(data.shape[1]), 20, device) * 1.05
     return max(1, int(minutes * 60 / sec))
 
 
-def train_vae(name, args, corpus, tok, data):
+def vae_ids(args, corpus):
+    """The tokenizer the VAEs train with (characters, or pieces: corpora.default_units)
+    and the training split's ids under it, to time their steps."""
+    units = default_units(args.corpus, corpus.train)
+    tok = tokenizer_class(units).train(corpus.train, VOCAB[units])
+    L = max(tok.longest(lines) for lines in corpus.splits.values())
+    return tok, torch.from_numpy(tok.encode_batch(list(corpus.train), L))
+
+
+def train_vae(name, args, corpus):
     out = ROOT / "runs" / f"bench-{name}-{corpus.name}"
     if not (out / "model.safetensors").exists():
-        steps = steps_for(name, args.minutes, data, tok, corpus.max_len)
+        tok, data = vae_ids(args, corpus)
+        steps = steps_for(name, args.minutes, data, tok)
         print(f"{name}: {steps} steps fit in {args.minutes:g} min", flush=True)
         subprocess.run([sys.executable, str(ROOT / "train.py"), "--corpus", args.corpus,
                         "--out", str(out), "--max-steps", str(steps), "--iw-samples", "0",
@@ -88,13 +100,12 @@ def main():
     p.add_argument("--max-lines", type=int, default=0, help="evaluate N random test lines")
     args = p.parse_args()
     corpus = load_corpus(args.corpus)
-    tok = CharTokenizer.train(corpus.train, 4000)
-    data = torch.from_numpy(tok.encode_batch(corpus.train, corpus.max_len))
+    tok = CharTokenizer.train(corpus.train, 4000)  # the character LM's judge
     results = {}
     for name in VAES:
         t = time.time()
         folder = Path(args.run) if name == "default" and args.run else \
-            train_vae(name, args, corpus, tok, data)
+            train_vae(name, args, corpus)
         results[name] = evaluate_vae(folder, args)
         print(f"{name}: {folder} ready and evaluated in {(time.time() - t) / 60:.1f} min",
               flush=True)
