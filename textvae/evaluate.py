@@ -192,13 +192,12 @@ def fitted_reconstruction(run, idx, sc, seed, n=1000):
             "in_vocab": len(known) / len(idx)}
 
 
-def iw_figures(run, idx, k, gen, progress=None, n_chars=None):
+def iw_figures(run, idx, k, gen, progress, n_chars):
     total, N = 0.0, len(idx)
     for i, batch in enumerate(_batches(idx, 64)):
         total += float(iw_nll(run.model, batch, k, gen=gen).sum())
         if progress:
             progress(min((i + 1) * 64, N), N)
-    n_chars = n_chars or int((idx != PAD).sum())
     return {"iw_samples": k, "iw_nll": total / N, "iw_nll_per_char": total / n_chars}
 
 

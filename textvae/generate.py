@@ -81,11 +81,13 @@ class SampleConfig:
 TEMPERATURE = {"character": 0.7, "piece": 0.8}
 
 
+def with_temperature(sc: SampleConfig, unit):
+    """``sc`` with the default temperature of a run of ``unit``s where it names none."""
+    return sc if sc.temperature is not None else replace(sc, temperature=TEMPERATURE[unit])
+
+
 def for_run(run, sc: SampleConfig):
-    """``sc`` with the run's default temperature where it names none."""
-    if sc.temperature is None:
-        return replace(sc, temperature=TEMPERATURE[run.tokenizer.unit])
-    return sc
+    return with_temperature(sc, run.tokenizer.unit)
 
 
 def banned_for(lengths, max_len):
@@ -165,8 +167,7 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
               gen=None, allowed=None, gumbel=None, prefer=None):
     """``write_lines`` for a bare model and its corpus' line lengths (the trainer has no
     run yet: a temperature of None is a character run's)."""
-    if sc.temperature is None:
-        sc = replace(sc, temperature=TEMPERATURE["character"])
+    sc = with_temperature(sc, "character")
     banned, min_len = banned_for(lengths, model.cfg.max_len), min(lengths)
     z = z.to(next(model.parameters()).device)
     if given is not None:

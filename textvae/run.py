@@ -55,8 +55,7 @@ class Run:
 
     @property
     def lengths(self):
-        """Line lengths in positions seen in training (the form's, for characters)."""
-        return self.config["data"].get("positions") or self.form.lengths
+        return position_lengths(self.config)
 
     def need_characters(self, what):
         """Refuse, in one line, a feature that places characters at positions."""
@@ -118,6 +117,12 @@ def open_run_folder(out):
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot make run folder {out}: {e.strerror}") from None
+
+
+def position_lengths(config):
+    """Line lengths in positions seen in training, from a run's config.json (runs saved
+    before pieces existed hold only the form's, in characters: the same thing)."""
+    return config["data"].get("positions") or config["data"]["form"]["lengths"]
 
 
 def save_run(out, tc, mc, tok, corpus):

@@ -35,8 +35,8 @@ from .generate import SampleConfig, write_ids
 from .model import TextVAE, VAEConfig
 from .run import (CKPT_DIR, CURVES, METRICS, SUMMARY, WEIGHTS, append_metrics,
                   clean_temp_files, has_checkpoint, load_checkpoint, open_run_folder,
-                  read_metrics, read_saved_config, save_checkpoint, save_run,
-                  save_train_settings, save_weights)
+                  position_lengths, read_metrics, read_saved_config, save_checkpoint,
+                  save_run, save_train_settings, save_weights)
 from .tokenizer import PAD, VOCAB, load_tokenizer, tokenizer_class
 from .tokens import TokenIds, cache_file, epoch_order
 
@@ -337,7 +337,8 @@ class Trainer:
         self.data = TokenIds(ids, L, self.device)
         valid = corpus.splits["valid"] or corpus.train.head(1000)
         self.valid = torch.from_numpy(tok.encode_batch(valid, L)).to(self.device)
-        self.lengths = tok.position_lengths(corpus)  # for validation's decoding
+        # for validation's decoding: counted once, by save_run, into config.json
+        self.lengths = position_lengths(read_saved_config(out))
         self.batch = tc.lines_per_step(L)
         self.per_epoch = tc.steps_per_epoch(len(self.data), L)
         self.total = tc.total_steps(self.per_epoch)
