@@ -1,15 +1,20 @@
 """Whole poems: do the four lines of a quatrain belong together?
 
-    python bench/poems.py [--run5 runs/tang5] [--runq runs/quatrain5] [--poems 500]
+    python bench/poems.py [--run5 runs/tang5] [--runq runs/quatrain5 runs/stanza5]
+                          [--lm runs/bench-charlm-stanza5] [--poems 500]
 
 Systems, each writing five-character quatrains (each skipped when its run is missing):
   lines          the tang5 run's default poems (`generate.py`): four lines from four
                  independent z
   walk rho R     the tang5 run's form writer (`--form wujue`, rhyme off, no tones): the
                  lines' z walk, z_i = R z_(i-1) + sqrt(1 - R^2) eps, 64 candidates a line
-  whole poem     the run of `train.py --corpus quatrain5`: one z a poem, whose refiner
-                 writes all 24 positions left to right, so a line is written after the
-                 lines before it
+  whole poem     the runs of `train.py --corpus quatrain5` (16,442 training quatrains)
+                 and `--corpus stanza5` (295,758 four-line stanzas: quatrains and the
+                 halves of longer poems): one z a poem, whose refiner writes all 24
+                 positions left to right, so a line is written after the lines before it
+  GRU LM         the anchor: `python bench/charlm.py --corpus stanza5 --minutes 15`, a
+                 character GRU trained on the stanzas for the VAE's budget and sampled
+                 at temperature 1 (its samples.json); it writes, it cannot encode
   real           the quatrain5 corpus' held-out poems (valid + test splits)
 The judges are fitted on the quatrain5 training split only (its poems, their clauses),
 and generation never uses them:
@@ -23,6 +28,7 @@ and generation never uses them:
   distinct_2, well_formed (four lines of five characters, none outside the vocabulary)
 """
 import argparse
+import json
 import random
 import re
 import sys
@@ -73,16 +79,23 @@ def systems(args, n):
         for rho in args.rho:
             pc = PoemConfig(FORMS["wujue"], rhyme="off", rho=rho)
             out.append((f"walk rho {rho}", list(write_poems(run, pc, n, SampleConfig()))))
-    if (Path(args.runq) / "model.safetensors").exists():
-        run = load_run(args.runq)
-        out.append(("whole poem (quatrain5)", [clauses(t) for t in sample(run, n)]))
+    for folder in args.runq:
+        if (Path(folder) / "model.safetensors").exists():
+            run = load_run(folder)
+            name = f"whole poem ({run.config['data']['corpus']})"
+            out.append((name, [clauses(t) for t in sample(run, n)]))
+    lm = Path(args.lm) / "samples.json"
+    if lm.exists():
+        out.append(("GRU LM (stanza5)", [clauses(t) for t in json.loads(lm.read_text())
+                                          ["samples"][:n]]))
     return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run5", default="runs/tang5")
-    p.add_argument("--runq", default="runs/quatrain5")
+    p.add_argument("--runq", nargs="*", default=["runs/quatrain5", "runs/stanza5"])
+    p.add_argument("--lm", default="runs/bench-charlm-stanza5")
     p.add_argument("--poems", type=int, default=500)
     p.add_argument("--rho", type=float, nargs="*", default=[0.1, 0.6])
     p.add_argument("--data-dir", default="data")

