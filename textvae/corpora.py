@@ -180,9 +180,15 @@ def _simplified_groups(groups):
     return [s.split("|") for s in _to_simplified(["|".join(g) for g in groups])]
 
 
+def _stanza(clauses):
+    """Four clauses -> one sample line, '甲，乙。丙，丁。' (the punctuation is fixed)."""
+    a, b, c, d = clauses
+    return f"{a}，{b}。{c}，{d}。"
+
+
 def quatrains5(tgz):
     """Tang and Song poems of exactly four five-character clauses, as '甲，乙。丙，丁。'."""
-    return [f"{a}，{b}。{c}，{d}。" for a, b, c, d in poems_of_shape(tgz, 5, 4)]
+    return [_stanza(c) for c in poems_of_shape(tgz, 5, 4)]
 
 
 def stanzas5(tgz):
@@ -193,7 +199,7 @@ def stanzas5(tgz):
     whole poems: lines that follow each other in a poem, not lines of any poem."""
     pieces = (c[i:i + 4] for c in _poem_clauses(tgz, 5, "tang|song") if len(c) % 2 == 0
               for i in range(0, len(c) - 3, 4))
-    return [f"{a}，{b}。{c}，{d}。" for a, b, c, d in _simplified_groups(pieces)]
+    return [_stanza(c) for c in _simplified_groups(pieces)]
 
 
 ROMAN = re.compile(r"^[IVXLC]+$")
