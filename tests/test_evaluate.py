@@ -125,6 +125,21 @@ def test_known_words_are_checked_for_spaced_scripts_only():
     assert known_word_share([["白日依山尽"]], ["白日依山尽", "黄河入海流"]) is None
 
 
+def test_no_path_with_exact_ends_changes_fewer_characters_than_the_floor():
+    from textvae.judge import chars_changed, fewest_changed
+    pairs = [("白日依山尽", "白日依山光"), ("Shall I", "Thou art more")]
+    assert fewest_changed(pairs, 8) == pytest.approx((1 + 12) / (2 * 7))  # h == h
+    rng = random.Random(0)
+    for _ in range(50):  # random paths between the same ends, lengths varying
+        moved = 0
+        for a, b in pairs:
+            middle = ["".join(rng.choice(a + b) for _ in range(rng.randint(1, 14)))
+                      for _ in range(6)]
+            path = [a, *middle, b]
+            moved += sum(chars_changed(x, y) for x, y in zip(path, path[1:]))
+        assert moved / (len(pairs) * 7) >= fewest_changed(pairs, 8)
+
+
 def test_kneser_ney_trigram_is_a_distribution_and_prefers_real_lines():
     from textvae.judge import EOS, CharKN
     vocab = sorted(set("".join(ENGLISH)))

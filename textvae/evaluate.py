@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .generate import SampleConfig, fit_z, sample, texts, write_lines
 from .judge import (CharBigram, CharKN, adjacent_repeat_share, chars_changed, distinct_n,
-                    known_word_share)
+                    fewest_changed, known_word_share)
 from .model import gaussian_kl
 from .tokenizer import PAD, UNK
 
@@ -269,7 +269,8 @@ def interpolation_figures(run, lines, n_pairs, seed, sc, judge, steps=8):
             "interp_ends": ends / (2 * n_pairs),
             "interp_ends_in_vocab": known_ends / max(known, 1),
             "interp_kn_bits": judge.bits_per_char(inner),
-            "interp_changed": changed / (n_pairs * (steps - 1))}
+            "interp_changed": changed / (n_pairs * (steps - 1)),
+            "interp_changed_floor": fewest_changed(pairs, steps)}
 
 
 def evaluate_split(run, split="test", max_lines=0, seed=0, **kw):
@@ -328,6 +329,7 @@ ROWS = [  # (key, label, format)
     ("interp_well_formed", "interpolation well-formed", "{:.3f}"),
     ("interp_distinct", "interpolation distinct lines/8", "{:.2f}"),
     ("interp_changed", "interpolation chars changed/step", "{:.2f}"),
+    ("interp_changed_floor", "  fewest possible with exact ends", "{:.2f}"),
     ("interp_kn_bits", "interpolation KN-3 bits/char", "{:.2f}"),
 ]
 

@@ -134,6 +134,15 @@ def chars_changed(a, b):
     return sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
 
 
+def fewest_changed(pairs, steps):
+    """The fewest characters a step, on average, that paths of ``steps`` lines must change
+    to go from a to b for each (a, b) in ``pairs`` with their ends exactly a and b:
+    chars_changed obeys the triangle inequality, so a path changes at least
+    chars_changed(a, b) in its steps - 1 moves. Long lines that differ almost everywhere
+    (the sonnets') put this floor above a fixed target of a few characters."""
+    return sum(chars_changed(a, b) for a, b in pairs) / (len(pairs) * (steps - 1))
+
+
 class PoemThread:
     """How much the lines of a poem belong together, in bits: the mean pointwise mutual
     information of a character of one line with a character of another line of the same
