@@ -14,7 +14,8 @@ lines), adjacent repeated characters, and fluency under a Kneser-Ney character t
 fitted on the training split, in bits per character beside real test lines (judge.py);
 reverse fluency: the same judge fitted on the samples, scoring real test lines.
 Interpolation between random pairs of test lines: ends reconstructed, well-formed and
-distinct lines, characters changed per step, and the judge's fluency of the middle.
+distinct lines, characters changed per step (beside the fewest any path with exact ends
+could change: how far apart the pairs are), and the judge's fluency of the middle.
 """
 import math
 import random
