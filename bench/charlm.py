@@ -93,12 +93,12 @@ def main(argv=None):
     torch.manual_seed(0)
     corpus = load_corpus(args.corpus)
     tok = CharTokenizer.train(corpus.train, 4000)
-    data = sequences(tok, corpus.train, corpus.max_len)
+    data = sequences(tok, corpus.train, corpus.max_chars)
     model = CharGRU(tok.vocab_size)
     steps = train_lm(model, data, args.minutes * 60)
     lengths = corpus.form.lengths
     fixed = lengths[0] if len(lengths) == 1 else None
-    samples = sample_lm(model.eval(), tok, args.num, corpus.max_len, fixed)
+    samples = sample_lm(model.eval(), tok, args.num, corpus.max_chars, fixed)
     out = Path(args.out or f"runs/bench-charlm-{corpus.name}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples.json").write_text(json.dumps(

@@ -37,10 +37,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from textvae.data import load_corpus  # noqa: E402
-from textvae.generate import SampleConfig, poems, sample  # noqa: E402
+from textvae.decoding import SampleConfig
+from textvae.sampling import poems, sample  # noqa: E402
 from textvae.judge import CharKN, PoemThread, distinct_n  # noqa: E402
 from textvae.poetry import PoemConfig, write_poems  # noqa: E402
-from textvae.prosody import FORMS  # noqa: E402
+from textvae.prosody import VERSE_FORMS  # noqa: E402
 from textvae.run import load_run  # noqa: E402
 
 HAN5 = re.compile(r"^[\u4e00-\u9fff]{5}$")
@@ -77,7 +78,7 @@ def systems(args, n):
         run = load_run(args.run5)
         out.append(("lines (independent z)", list(poems(run, n, 4, SampleConfig()))))
         for rho in args.rho:
-            pc = PoemConfig(FORMS["wujue"], rhyme="off", rho=rho)
+            pc = PoemConfig(VERSE_FORMS["wujue"], rhyme="off", rho=rho)
             out.append((f"walk rho {rho}", list(write_poems(run, pc, n, SampleConfig()))))
     for folder in args.runq:
         if (Path(folder) / "model.safetensors").exists():

@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from textvae.corpora import fetch_poetry, poems_of_shape, split_of  # noqa: E402
 from textvae.data import corpus_of_run  # noqa: E402
-from textvae.generate import SampleConfig  # noqa: E402
+from textvae.decoding import SampleConfig  # noqa: E402
 from textvae.judge import CharKN  # noqa: E402
 from textvae.poetry import PoemConfig, couplets, write_poems  # noqa: E402
-from textvae.prosody import FORMS, PING, table  # noqa: E402
+from textvae.prosody import VERSE_FORMS, PING, table  # noqa: E402
 from textvae.run import load_run  # noqa: E402
 
 ACROSTIC = "春夏秋冬风花雪月"
@@ -132,7 +132,7 @@ def overlap(poems):
 
 
 def ours(run, form, n, **kw):
-    pc = PoemConfig(FORMS[form], **kw)
+    pc = PoemConfig(VERSE_FORMS[form], **kw)
     return ["\n".join(couplets(p)) for p in write_poems(run, pc, n, SampleConfig())]
 
 
@@ -145,7 +145,7 @@ def main(argv=None):
     tab = table("pingshui")
     tgz = fetch_poetry()
     rows, shown = [], []
-    for name, form in FORMS.items():
+    for name, form in VERSE_FORMS.items():
         folder = Path(args.run5 if form.chars == 5 else args.run7)
         if not (folder / "model.safetensors").exists():
             print(f"{name}: no run at {folder}, skipped", flush=True)

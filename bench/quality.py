@@ -33,7 +33,7 @@ from textvae.model import TextVAE  # noqa: E402
 from textvae.run import load_run  # noqa: E402
 from textvae.corpora import default_units  # noqa: E402
 from textvae.tokenizer import VOCAB, CharTokenizer, tokenizer_class  # noqa: E402
-from textvae.trainer import resolve_device, use_amp  # noqa: E402
+from textvae.device import resolve_device, use_amp  # noqa: E402
 
 VAES = {"default": [], "su2018": ["--preset", "su2018"]}
 

@@ -36,8 +36,8 @@ from textvae.data import load_corpus  # noqa: E402
 from textvae.evaluate import iw_nll, log_normal  # noqa: E402
 from textvae.model import TextVAE  # noqa: E402
 from textvae.tokenizer import CharTokenizer  # noqa: E402
-from textvae.tokens import TokenIds, cache_file, epoch_order  # noqa: E402
-from textvae.trainer import compiled, resolve_device, use_amp  # noqa: E402
+from textvae.batches import TokenIds, cache_file, epoch_order  # noqa: E402
+from textvae.device import compiled, resolve_device, use_amp  # noqa: E402
 
 
 def sync(device):
@@ -198,8 +198,8 @@ def child(argv):
     if kind == "prepare":
         corpus = load_corpus(str(path))
         tok = CharTokenizer.train(corpus.train, TrainConfig().vocab_size)
-        ids = cache_file(corpus, tok, corpus.max_len, folder=path.parent)
-        out = {"ids": str(ids), "max_len": corpus.max_len, "vocab": tok.vocab_size,
+        ids = cache_file(corpus, tok, corpus.max_chars, folder=path.parent)
+        out = {"ids": str(ids), "max_len": corpus.max_chars, "vocab": tok.vocab_size,
                "s": time.perf_counter() - t}
     else:
         max_len, vocab, steps, device = int(argv[2]), int(argv[3]), int(argv[4]), \
@@ -270,10 +270,10 @@ def main():
     amp = use_amp("auto", device)
     corpus = load_corpus(args.corpus)
     tok = CharTokenizer.train(corpus.train, TrainConfig().vocab_size)
-    data = torch.from_numpy(tok.encode_batch(corpus.train, corpus.max_len))
+    data = torch.from_numpy(tok.encode_batch(corpus.train, corpus.max_chars))
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, device {device}, bf16 autocast {amp}; "
-          f"{args.corpus}: {len(data)} train lines, length {corpus.max_len}, "
+          f"{args.corpus}: {len(data)} train lines, length {corpus.max_chars}, "
           f"vocab {tok.vocab_size}")
     ceil32, ceil16 = matmul_ceiling(torch.float32, device), matmul_ceiling(torch.bfloat16, device)
     print(f"matrix-product ceiling (2048^3): fp32 {ceil32:.0f} GFLOP/s, bf16 {ceil16:.0f} GFLOP/s\n")
@@ -287,7 +287,7 @@ def main():
     names = ("default", "default+compile", "su2018") if device.type == "cuda" else \
         ("default", "su2018")
     for name in names:
-        tc, mc = configs_for(name.split("+")[0], tok, corpus.max_len)
+        tc, mc = configs_for(name.split("+")[0], tok, corpus.max_chars)
         model = TextVAE(mc).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=device.type == "cuda")
         step = step_fn(model, opt, amp, device, compile_step=name.endswith("+compile"))

@@ -119,13 +119,13 @@ def test_bom_and_crlf_are_accepted_and_bad_lines_skipped_on_request(tmp_path):
                 "--out", tmp_path / "run", *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["data"]["max_len"] == 5  # no BOM or \r counted as characters
+    assert config["data"]["max_chars"] == 5  # no BOM or \r counted as characters
     assert config["data"]["skipped"]["not_utf8"] == 1
 
 
-def test_lines_longer_than_max_len_are_skipped_and_counted(tmp_path):
+def test_lines_longer_than_max_chars_are_skipped_and_counted(tmp_path):
     write_corpus(tmp_path / "c.txt", POEM_LINES + ["朝辞白帝彩云间"])
-    r = run_cli("train.py", "--corpus", tmp_path / "c.txt", "--max-len", "5",
+    r = run_cli("train.py", "--corpus", tmp_path / "c.txt", "--max-chars", "5",
                 "--out", tmp_path / "run", *TINY, cwd=tmp_path)
     assert r.returncode == 0 and "skipped 1 lines" in r.stdout
 

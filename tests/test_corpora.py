@@ -151,9 +151,9 @@ def test_a_corpus_file_is_split_as_in_memory_streamed_once_and_rekeyed_when_edit
         max_len = cut or max((len(x) for x in want["train"]), default=0)
         if len(distinct) < 2 or not any(len(x) <= max_len for x in want["train"]):
             with pytest.raises(UserError):
-                load_corpus(str(path), max_len=cut)
+                load_corpus(str(path), max_chars=cut)
             return
-        corpus = load_corpus(str(path), max_len=cut)
+        corpus = load_corpus(str(path), max_chars=cut)
         assert {s: list(v) for s, v in corpus.splits.items()} == \
             {s: [x for x in v if len(x) <= max_len] for s, v in want.items()}
         assert corpus.form.lengths == sorted({len(x) for x in want["train"] if len(x) <= max_len})

@@ -4,10 +4,11 @@ from dataclasses import replace
 
 import torch
 
-from textvae import generate
-from textvae.generate import SampleConfig, complete, poems, write_lines
+from textvae import decoding, sampling
+from textvae.decoding import SampleConfig, write_lines
+from textvae.sampling import complete, poems
 from textvae.tokenizer import BOS, EOS, PAD
-from textvae.trainer import epoch_order
+from textvae.batches import epoch_order
 
 from .conftest import POEM_LINES
 
@@ -27,7 +28,7 @@ def test_start_and_end_markers_are_never_written(overfit_run):
         run = favouring(overfit_run, token)
         ids = write_lines(run, torch.randn(16, 8), 0.5)
         assert not (ids == token).any()
-        assert all(len(s) == 5 for s in generate.texts(run, ids))
+        assert all(len(s) == 5 for s in decoding.texts(run, ids))
 
 
 def test_a_completion_never_ends_before_a_given_character(overfit_run):
@@ -50,23 +51,23 @@ def test_refinement_keeps_what_the_heads_are_sure_of(overfit_run):
     with torch.no_grad():
         run.model.decoder.out.bias[overfit_run.tokenizer.index["山"]] -= 50.0
     mu = run.model.encode(torch.tensor([run.tokenizer.encode(s, 5) for s in POEM_LINES]))[0]
-    kept = generate.texts(run, write_lines(run, mu, 0.5, SampleConfig(keep=0.9)))
+    kept = decoding.texts(run, write_lines(run, mu, 0.5, SampleConfig(keep=0.9)))
     assert kept == POEM_LINES
-    redone = generate.texts(run, write_lines(run, mu, 0.5, SampleConfig(keep=1.0)))
+    redone = decoding.texts(run, write_lines(run, mu, 0.5, SampleConfig(keep=1.0)))
     assert all(s != t for s, t in zip(redone, POEM_LINES))
-    trusted = generate.texts(run, write_lines(run, mu, 0.0, SampleConfig(keep=1.0)))
+    trusted = decoding.texts(run, write_lines(run, mu, 0.0, SampleConfig(keep=1.0)))
     assert trusted == POEM_LINES
 
 
 def test_different_seeds_draw_independent_latents(overfit_run, monkeypatch):
     drawn = {}
-    real = generate.prior_z
+    real = sampling.prior_z
 
     def recording(run, n, gen, sc=None):
         z = real(run, n, gen, sc)
         drawn.setdefault(seed, []).append(z)
         return z
-    monkeypatch.setattr(generate, "prior_z", recording)
+    monkeypatch.setattr(sampling, "prior_z", recording)
     for seed in (0, 1):
         list(poems(overfit_run, 3, 4, SampleConfig(seed=seed)))
     a, b = torch.cat(drawn[0]), torch.cat(drawn[1])
@@ -91,14 +92,14 @@ def test_fitting_z_brings_back_lines_the_encoder_places_badly(overfit_run):
     run.model = copy.deepcopy(run.model)
     with torch.no_grad():
         run.model.to_mu.weight.zero_()
-    blind = generate.reconstruct(run, POEM_LINES, sc=SampleConfig(fit_steps=0))
+    blind = sampling.reconstruct(run, POEM_LINES, sc=SampleConfig(fit_steps=0))
     assert len(set(blind)) == 1
-    fitted = generate.reconstruct(run, POEM_LINES, sc=SampleConfig(fit_steps=100))
+    fitted = sampling.reconstruct(run, POEM_LINES, sc=SampleConfig(fit_steps=100))
     assert sum(a == b for a, b in zip(fitted, POEM_LINES)) >= 6, fitted
 
 
 def test_repeat_penalty_covers_the_whole_line_but_not_padding():
-    from textvae.generate import _penalise_repeats
+    from textvae.decoding import _penalise_repeats
     from textvae.tokenizer import PAD
     # Line 0: positions 1 and 3 re-predicted (-1); line 1: position 0, its line holding
     # the same character twice.
@@ -116,17 +117,17 @@ def test_a_draw_follows_the_softmax_at_its_temperature_and_top_k():
     for sc, expected in [(SampleConfig(temperature=0.8), torch.softmax(logits[0] / 0.8, 0)),
                          (SampleConfig(temperature=2.0, top_k=2),
                           torch.cat([torch.softmax(logits[0, :2] / 2.0, 0), torch.zeros(1)]))]:
-        drawn = generate.choose(logits, sc, gen)
+        drawn = decoding.choose(logits, sc, gen)
         freq = torch.bincount(drawn, minlength=3).float() / len(drawn)
         assert torch.allclose(freq, expected, atol=0.01), (sc, freq, expected)
-    assert (generate.choose(logits, SampleConfig(temperature=0)) == 0).all()
+    assert (decoding.choose(logits, SampleConfig(temperature=0)) == 0).all()
 
 
 def test_an_interpolation_shares_its_draws_so_equal_points_write_equal_lines(overfit_run):
     # Every point of a path from a line to itself has the same z: with one draw's noise
     # for the whole path, all eight lines are one, however hot the sampling.
     sc = SampleConfig(temperature=5.0, keep=1.0, noise=1.0, stay=0.0)
-    path = generate.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[0], sc=sc)
+    path = sampling.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[0], sc=sc)
     assert len(set(path[1:-1])) == 1
 
 
@@ -136,27 +137,27 @@ def test_a_path_leans_on_its_previous_point(overfit_run):
     # hotter: with one Gumbel draw per path, near-flat logits write one line throughout.)
     a, b = POEM_LINES[0], POEM_LINES[1]
     sc = SampleConfig(temperature=1.0, keep=1.0, noise=1.0, stay=0.0)
-    loose = generate.interpolate(overfit_run, a, b, sc=sc)
+    loose = sampling.interpolate(overfit_run, a, b, sc=sc)
     assert loose[0] == a and loose[-1] == b and len(set(loose[1:-1])) > 1
-    held = generate.interpolate(overfit_run, a, b, sc=replace(sc, stay=1e3))
+    held = sampling.interpolate(overfit_run, a, b, sc=replace(sc, stay=1e3))
     assert held == [a] * 7 + [b]
 
 
 def test_a_path_without_a_stay_gets_the_one_for_its_line_length(overfit_run, monkeypatch):
     # Longer lines lean harder by default (tang7 changed 2.4 characters a step at 2).
-    assert generate.stay_for(5) == 2.0 and generate.stay_for(7) == 4.0
-    real, used = generate.write_lines, []
+    assert sampling.stay_for(5) == 2.0 and sampling.stay_for(7) == 4.0
+    real, used = decoding.write_lines, []
 
     def noting(run, z, noise, sc, **kw):
         used.append(sc.stay)
         return real(run, z, noise, sc, **kw)
-    monkeypatch.setattr(generate, "write_lines", noting)
-    generate.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[1], steps=3)
-    generate.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[1], steps=3,
+    monkeypatch.setattr(sampling, "write_lines", noting)
+    sampling.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[1], steps=3)
+    sampling.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[1], steps=3,
                          sc=SampleConfig(stay=0.5))
     assert used == [2.0] * 3 + [0.5] * 3  # the overfit run's lines are 5 long
 
 
 def test_a_reconstruction_is_the_heads_most_likely_line_at_any_temperature(overfit_run):
     sc = SampleConfig(temperature=50.0)
-    assert generate.reconstruct(overfit_run, POEM_LINES, sc=sc) == POEM_LINES
+    assert sampling.reconstruct(overfit_run, POEM_LINES, sc=sc) == POEM_LINES

@@ -7,14 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textvae.errors import UserError
-from textvae.files import read_lines
+from textvae.files import LineReader
 
 
 def read(raw, **kw):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "c.txt"
         path.write_bytes(raw)
-        return read_lines(path, **kw)
+        reader = LineReader(path, **kw)
+        return reader.read(), reader.skipped
 
 
 @settings(max_examples=150, deadline=None)

@@ -63,5 +63,5 @@ def test_a_compiled_run_trains_and_checkpoints(tmp_path):
 
 
 def test_bf16_autocast_is_chosen_where_the_gpu_has_it():
-    from textvae.trainer import use_amp
+    from textvae.device import use_amp
     assert use_amp("auto", torch.device("cuda")) == torch.cuda.is_bf16_supported(False)

@@ -171,9 +171,11 @@ def test_the_gcnn_encoder_knows_where_a_character_stands_far_from_the_edges(posi
 
 
 def test_a_config_saved_before_positions_existed_rebuilds_without_them():
+    from textvae.run import upgrade_config
     saved = small().cfg.to_dict()
     del saved["enc_positions"]
-    assert VAEConfig.from_dict(saved).enc_positions is False
+    config = upgrade_config({"model": saved, "train": {}, "data": {"form": {"lengths": [5]}}})
+    assert VAEConfig.from_dict(config["model"]).enc_positions is False
     assert VAEConfig().enc_positions is True
 
 

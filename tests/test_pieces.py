@@ -47,7 +47,7 @@ def piece_run(tmp_path_factory):
 
 def test_a_piece_run_writes_its_lines_back_and_new_ones(piece_run):
     assert piece_run.config["train"]["units"] == "pieces"  # saved as resolved
-    assert piece_run.tokenizer.unit == "piece"
+    assert piece_run.tokenizer.units == "pieces"
     assert piece_run.max_len == piece_run.tokenizer.longest(VERSE) < 20
     assert piece_run.reconstruct(VERSE, fit_steps=0) == VERSE
     samples = piece_run.sample(16)
@@ -72,7 +72,7 @@ def test_character_features_refuse_a_piece_run(piece_run):
 
 
 def test_a_piece_run_samples_at_its_own_default_temperature(piece_run, overfit_run):
-    from textvae.generate import SampleConfig, for_run
+    from textvae.decoding import SampleConfig, for_run
     assert for_run(piece_run, SampleConfig()).temperature == 0.8
     assert for_run(overfit_run, SampleConfig()).temperature == 0.7
     assert for_run(piece_run, SampleConfig(temperature=0.3)).temperature == 0.3

@@ -5,9 +5,9 @@ import pytest
 
 from bench.poetry import fault, heads_ok, parse, rhymes, tone_verdict
 from textvae.errors import UserError
-from textvae.generate import acrostic_patterns
+from textvae.sampling import acrostic_patterns
 from textvae.poetry import PoemConfig, couplets, write_poems
-from textvae.prosody import FORMS, PING, ZE, faultless, table, templates, xinyun_group
+from textvae.prosody import VERSE_FORMS, PING, ZE, faultless, table, templates, xinyun_group
 
 from .conftest import run_cli
 
@@ -15,11 +15,11 @@ DENG_GUAN_QUE_LOU = "白日依山尽，黄河入海流。\n欲穷千里目，更
 
 
 def test_templates_are_the_standard_patterns():
-    assert templates(FORMS["wujue"], "ze") == ["仄仄平平仄", "平平仄仄平", "平平平仄仄", "仄仄仄平平"]
+    assert templates(VERSE_FORMS["wujue"], "ze") == ["仄仄平平仄", "平平仄仄平", "平平平仄仄", "仄仄仄平平"]
     # 七绝 平起, first line rhyming: the textbook pattern.
-    assert templates(FORMS["qijue"], "ping") == [
+    assert templates(VERSE_FORMS["qijue"], "ping") == [
         "平平仄仄仄平平", "仄仄平平仄仄平", "仄仄平平平仄仄", "平平仄仄仄平平"]
-    lv = templates(FORMS["qilv"], "ze")
+    lv = templates(VERSE_FORMS["qilv"], "ze")
     assert len(lv) == 8 and lv[4] == "仄仄平平平仄仄" and lv[5:] == lv[1:4]  # textbook 七律
 
 
@@ -55,7 +55,7 @@ def test_the_fault_checker_finds_both_faults():
 
 
 def test_the_checker_passes_a_real_quatrain():
-    tab, form = table("pingshui"), FORMS["wujue"]
+    tab, form = table("pingshui"), VERSE_FORMS["wujue"]
     clauses = parse(DENG_GUAN_QUE_LOU, form)
     assert clauses is not None and rhymes(clauses, tab)
     assert tone_verdict(clauses, form, tab) == (True, 1.0)
@@ -63,7 +63,7 @@ def test_the_checker_passes_a_real_quatrain():
 
 
 def test_constrained_poems_keep_form_rhyme_tones_and_acrostic(overfit_run):
-    tab, form = table("pingshui"), FORMS["wujue"]
+    tab, form = table("pingshui"), VERSE_FORMS["wujue"]
     pc = PoemConfig(form, rhyme="pingshui", tones=True, acrostic="白黄欲更")
     for poem in write_poems(overfit_run, pc, 8):
         text = "\n".join(couplets(poem))
@@ -78,18 +78,18 @@ def test_constrained_poems_keep_form_rhyme_tones_and_acrostic(overfit_run):
 def test_lines_do_not_reuse_the_poems_earlier_characters(overfit_run):
     # 40 characters to choose 20 from; a doubled character inside a line (处处) is
     # the repeat penalty's business, not this rule's.
-    for poem in write_poems(overfit_run, PoemConfig(FORMS["wujue"], rhyme="off"), 8):
+    for poem in write_poems(overfit_run, PoemConfig(VERSE_FORMS["wujue"], rhyme="off"), 8):
         for i in range(1, 4):
             assert not set(poem[i]) & set("".join(poem[:i])), poem
 
 
 def test_forms_refuse_runs_and_inputs_that_do_not_fit(overfit_run):
     with pytest.raises(UserError, match="7-character"):
-        next(write_poems(overfit_run, PoemConfig(FORMS["qijue"]), 1))
+        next(write_poems(overfit_run, PoemConfig(VERSE_FORMS["qijue"]), 1))
     with pytest.raises(UserError, match="4 characters"):
-        PoemConfig(FORMS["wujue"], acrostic="春夏")
+        PoemConfig(VERSE_FORMS["wujue"], acrostic="春夏")
     with pytest.raises(UserError, match="rhyme"):
-        PoemConfig(FORMS["wujue"], rhyme="tang")
+        PoemConfig(VERSE_FORMS["wujue"], rhyme="tang")
 
 
 def test_acrostic_on_a_whole_poem_corpus_puts_one_character_per_clause():
@@ -107,7 +107,7 @@ def test_cli_writes_forms_and_refuses_wrong_ones(overfit_run):
                  "--tones", "--num", "2")
     assert ok.returncode == 0, ok.stderr
     poems = ok.stdout.strip().split("\n\n")
-    assert len(poems) == 2 and all(parse(p, FORMS["wujue"]) for p in poems)
+    assert len(poems) == 2 and all(parse(p, VERSE_FORMS["wujue"]) for p in poems)
     bad = run_cli("generate.py", "--run", str(overfit_run.dir), "--form", "qilv")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
@@ -117,7 +117,7 @@ def test_tones_hold_the_faultless_positions_too(overfit_run):
     import torch
     from textvae.poetry import VocabTones, _constrain
     vt = VocabTones(overfit_run.tokenizer, "pingshui")
-    pc = PoemConfig(FORMS["wujue"], rhyme="off", tones=True)
+    pc = PoemConfig(VERSE_FORMS["wujue"], rhyme="off", tones=True)
     V = len(overfit_run.tokenizer.chars)
     for pattern, (pos, tone) in (("平平仄仄平", (0, PING)), ("仄仄仄平平", (2, ZE))):
         allowed = torch.ones(5, V, dtype=torch.bool)

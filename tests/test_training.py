@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from textvae.generate import SampleConfig, complete, interpolate, reconstruct, sample
+from textvae.decoding import SampleConfig
+from textvae.sampling import complete, interpolate, reconstruct, sample
 from textvae.judge import chars_changed
 from textvae.run import load_run, save_weights
 
@@ -75,7 +76,8 @@ def test_long_lines_take_fewer_lines_a_step(tmp_path, monkeypatch):
     # a step, so 2 lines a step where 8 lines of 5 would fit.
     from textvae.config import TrainConfig
     from textvae.model import TextVAE, VAEConfig
-    from textvae.trainer import schedule_of, train
+    from textvae.anneal import schedule_of
+    from textvae.trainer import train
     from .conftest import write_corpus
     real_loss, sizes = TextVAE.loss, []
 
@@ -156,7 +158,8 @@ def test_a_step_that_fails_to_compile_is_taken_plain_and_the_run_goes_on(
             out = loss_fn(*args)
             return {**out, "loss": _BackwardFails.apply(out["loss"])}
         return fails
-    monkeypatch.setattr(trainer, "compiled", broken_compiler)
+    import textvae.device as device
+    monkeypatch.setattr(device, "compiled", broken_compiler)
     corpus = write_corpus(tmp_path / "c.txt", POEM_LINES)
     tc = TrainConfig(corpus=str(corpus), out=str(tmp_path / "run"), max_steps=12,
                      batch_size=4, eval_every=6, ckpt_every=6, iw_samples=0, amp="off",
@@ -180,7 +183,7 @@ def test_the_run_keeps_the_weights_of_its_best_validation_record(tmp_path, monke
     import textvae.trainer as trainer
     from textvae.config import TrainConfig
     from textvae.model import VAEConfig
-    from textvae.run import read_metrics
+    from textvae.run import read_metrics, weights_step
     from .conftest import write_corpus
     real_validate, losses = trainer.validate, iter([5.0, 3.0, 4.0, 6.0])
 
@@ -198,7 +201,7 @@ def test_the_run_keeps_the_weights_of_its_best_validation_record(tmp_path, monke
                   log=lambda *a: None)
     records = read_metrics(out)
     assert [r["step"] for r in records if r.get("kept")] == [10, 20]
-    assert trainer.weights_step(records) == 20
+    assert weights_step(records) == 20
     kept = load_file(out / "model.safetensors")
     step20 = torch.load(out / "checkpoints" / "step-00000020.pt", weights_only=True)["model"]
     step40 = torch.load(out / "checkpoints" / "step-00000040.pt", weights_only=True)["model"]
@@ -230,6 +233,7 @@ def test_a_time_budget_the_planned_steps_overrun_trains_what_fits(tmp_path, minu
     import textvae.trainer as trainer
     from textvae.config import TrainConfig
     from textvae.model import VAEConfig
+    from textvae.anneal import schedule_of
     from textvae.run import read_metrics, read_saved_config
     from .conftest import write_corpus
     assert trainer.BUDGET_PROBE[1] == 50
@@ -242,7 +246,7 @@ def test_a_time_budget_the_planned_steps_overrun_trains_what_fits(tmp_path, minu
                                 refiner_dim=8, refiner_heads=2), log=said.append)
     assert read_metrics(out)[-1]["step"] == steps
     config = read_saved_config(out)
-    assert trainer.schedule_of(config).total_steps == steps
+    assert schedule_of(config).total_steps == steps
     assert config["train"]["max_steps"] == (steps if minutes else 0)
     assert any("50 of the planned 120 steps fit" in s for s in said) == bool(minutes)
     # a cut run keeps the planned cycle length (60 steps): 50 steps hold one cycle
@@ -286,7 +290,8 @@ def test_the_kl_weight_is_the_recipes_unless_given(tmp_path, monkeypatch, given,
     from textvae.corpora import default_beta
     from textvae.model import VAEConfig
     from textvae.run import read_saved_config
-    from textvae.trainer import schedule_of, start_run
+    from textvae.anneal import schedule_of
+    from textvae.run import start_run
     from .conftest import write_corpus
     corpus = write_corpus(tmp_path / "c.txt", POEM_LINES)   # a user's file: 0.5
     tc = TrainConfig(corpus=str(corpus), out=str(tmp_path / "run"), beta_max=given)

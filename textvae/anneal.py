@@ -11,6 +11,7 @@
 import math
 from dataclasses import dataclass
 
+from .config import TrainConfig
 from .errors import UserError
 
 KINDS = ("constant", "linear", "sigmoid", "cyclical")
@@ -46,3 +47,16 @@ class KLSchedule:
         period = self.total_steps / self.cycles
         tau = (step % period) / period if step < self.total_steps else 1.0
         return self.beta_max * min(1.0, tau / self.ratio)
+
+
+def schedule_of(config):
+    """The KL schedule of a saved run (config.json), as its trainer built it."""
+    tc = TrainConfig(**config["train"])
+    return kl_schedule(tc, tc.total_steps(tc.steps_per_epoch(
+        config["data"]["counts"]["train"], config["model"]["max_len"])))
+
+
+def kl_schedule(tc, total):
+    """The KL weight's schedule of a run of ``total`` steps with settings ``tc``."""
+    return KLSchedule(tc.kl_schedule, tc.beta_max, total, tc.kl_warmup, tc.kl_cycles,
+                      tc.kl_ratio)

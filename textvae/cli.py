@@ -17,9 +17,10 @@ import torch
 
 from .config import PRESETS, configs
 from .errors import UserError
-from .generate import SampleConfig, poems
+from .decoding import SampleConfig
+from .sampling import poems
 from .poetry import PoemConfig, couplets, write_poems
-from .prosody import FORMS, RHYMES, form_named
+from .prosody import VERSE_FORMS, RHYMES, form_named
 
 DEFAULT_RUN = "runs/tang5"
 
@@ -89,7 +90,8 @@ def train_main(argv):
     from .config import TrainConfig
     from .model import VAEConfig
     from .distributed import Group
-    from .trainer import finish, train
+    from .evaluate import finish
+    from .trainer import train
     p = Parser(
         prog="train.py", description="Train a text VAE and save a self-contained run folder.")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last "
@@ -122,8 +124,8 @@ COMMANDS = ("sample", "interpolate", "reconstruct", "encode", "complete", "simil
 def _lines_arg(values, file):
     lines = list(values or [])
     if file:
-        from .files import read_lines
-        lines += read_lines(file)[0]
+        from .files import LineReader
+        lines += LineReader(file).read()
     if not lines:
         raise UserError("give lines as arguments or with --file")
     return lines
@@ -171,7 +173,7 @@ def _sample_flags(s):
     s.add_argument("--lines", type=int, default=0,
                    help="lines per poem (default: 4 for line corpora, 1 for whole poems)")
     s.add_argument("--acrostic", help="first characters of the lines, e.g. 春夏秋冬")
-    s.add_argument("--form", choices=sorted(FORMS),
+    s.add_argument("--form", choices=sorted(VERSE_FORMS),
                    help="a classical form: wujue 五绝, qijue 七绝 (4 lines), wulv 五律, "
                         "qilv 七律 (8 lines); needs a run of 5- or 7-character lines")
     s.add_argument("--rhyme", choices=RHYMES, default="pingshui",
@@ -311,7 +313,7 @@ def generate_main(argv):
 
 def _use(run, args):
     """interpolate, reconstruct, encode or complete: (JSON-able result, text)."""
-    from .generate import complete, encode, interpolate, reconstruct
+    from .sampling import complete, encode, interpolate, reconstruct
     text = None
     if args.command == "interpolate":
         hows = ("linear", "spherical") if args.how == "both" else (args.how,)
@@ -386,7 +388,7 @@ def _sample(run, args):
                         args.coherence)
         stream = (couplets(p) for p in write_poems(run, pc, args.num, _sample_config(args)))
     else:
-        n_lines = args.lines or run.config["data"].get("lines_per_poem", 4)
+        n_lines = args.lines or run.config["data"]["lines_per_poem"]
         stream = poems(run, args.num, n_lines, _sample_config(args), heads=args.acrostic)
     if args.format == "json":  # one JSON list of poems, written poem by poem
         sys.stdout.write("[")

@@ -21,7 +21,7 @@ class TrainConfig:
                                   # (corpora.default_units)
     vocab_size: int = 0           # ids kept (+4 specials): characters (rarer ones become
                                   # <unk>) or pieces; 0: 4000 characters, 1000 pieces
-    max_len: int = 0              # longest line kept, in characters; 0: the longest training
+    max_chars: int = 0            # longest line kept, in characters; 0: the longest training
                                   # line (at most 64)
     epochs: float = 2.4           # passes over the training split (tang5: ~14 min on 2
                                   # CPU cores); see min_steps and max_steps
@@ -79,19 +79,19 @@ class TrainConfig:
         for name in ("epochs", "lr"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("vocab_size", "free_bits", "iw_samples", "max_len", "min_steps", "max_steps",
+        for name in ("vocab_size", "free_bits", "iw_samples", "max_chars", "min_steps", "max_steps",
                      "batch_chars", "minutes", "beta_max"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
 
-    def lines_per_step(self, max_len):
+    def lines_per_step(self, positions):
         """batch_size, or fewer lines where batch_chars positions would not hold them."""
         if not self.batch_chars:
             return self.batch_size
-        return max(1, min(self.batch_size, self.batch_chars // max(max_len, 1)))
+        return max(1, min(self.batch_size, self.batch_chars // max(positions, 1)))
 
-    def steps_per_epoch(self, train_lines, max_len):
-        return math.ceil(train_lines / self.lines_per_step(max_len))
+    def steps_per_epoch(self, train_lines, positions):
+        return math.ceil(train_lines / self.lines_per_step(positions))
 
     def total_steps(self, steps_per_epoch):
         if self.max_steps:

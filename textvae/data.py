@@ -30,7 +30,7 @@ LONGEST_DEFAULT = 64  # default cap on the model length when it is taken from th
 class Corpus:
     name: str
     splits: dict                      # split name -> lines (train: a LineFile, read as used)
-    max_len: int
+    max_chars: int                    # the longest line kept
     form: "Form"
     skipped: dict = field(default_factory=dict)  # reason -> count
     source: str = ""                  # the file the lines were read from
@@ -51,29 +51,29 @@ def file_stamp(path):
 
 
 class LineFile:
-    """A prepared split's lines of at most ``max_len`` characters, read from its file each
+    """A prepared split's lines of at most ``max_chars`` characters, read from its file each
     time they are iterated: ``len`` and iteration as a list gives them, without holding a
     split that may not fit in memory (``list(lines)`` where a list is needed)."""
 
-    def __init__(self, path, max_len, count):
-        self.path, self.max_len, self.count = Path(path), max_len, count
+    def __init__(self, path, max_chars, count):
+        self.path, self.max_chars, self.count = Path(path), max_chars, count
 
     def __len__(self):
         return self.count
 
     def __iter__(self):
-        return (line for line in split_lines(self.path) if len(line) <= self.max_len)
+        return (line for line in self.every(self.path) if len(line) <= self.max_chars)
 
     def head(self, n):
         return list(itertools.islice(self, n))
 
-
-def split_lines(path):
-    """Every line of a prepared split file (one line each, as write_splits and
-    split_file write them), read as iterated."""
-    with open(path, encoding="utf-8", newline="\n") as f:
-        for line in f:
-            yield line.removesuffix("\n")
+    @staticmethod
+    def every(path):
+        """Every line of a prepared split file (one line each, as corpora.py writes
+        them), whatever its length, read as iterated."""
+        with open(path, encoding="utf-8", newline="\n") as f:
+            for line in f:
+                yield line.removesuffix("\n")
 
 
 def evenly_spaced(lines, n):
@@ -125,7 +125,7 @@ class Form:
         return {"lengths": self.lengths, "fixed": self.fixed}
 
 
-def load_corpus(spec, data_dir=DEFAULT_DATA_DIR, max_len=0, skip_bad_lines=False):
+def load_corpus(spec, data_dir=DEFAULT_DATA_DIR, max_chars=0, skip_bad_lines=False):
     """Resolve ``spec`` (recipe name or file path) into a Corpus with fitting lines only.
 
     A file is prepared once, like a recipe, into a folder of split files in the cache
@@ -137,25 +137,25 @@ def load_corpus(spec, data_dir=DEFAULT_DATA_DIR, max_len=0, skip_bad_lines=False
     else:
         folder, name, source = prepared_file(spec, skip_bad_lines), Path(spec).stem, spec
         bad = read_json(folder / "meta.json").get("not_utf8", 0)
-    if max_len < 0:
-        raise UserError(f"--max-len must be positive, got {max_len}")
-    counts = Counter(map(len, split_lines(folder / "train.txt")))
+    if max_chars < 0:
+        raise UserError(f"--max-chars must be positive, got {max_chars}")
+    counts = Counter(map(len, LineFile.every(folder / "train.txt")))
     if not counts:
         raise UserError(f"corpus {spec} has no lines in its training split")
-    max_len = max_len or min(max(counts), LONGEST_DEFAULT)
-    kept = sum(c for n, c in counts.items() if n <= max_len)
-    splits = {"train": LineFile(folder / "train.txt", max_len, kept)}
+    max_chars = max_chars or min(max(counts), LONGEST_DEFAULT)
+    kept = sum(c for n, c in counts.items() if n <= max_chars)
+    splits = {"train": LineFile(folder / "train.txt", max_chars, kept)}
     skipped = {"too_long": sum(counts.values()) - kept}
     for s in SPLITS[1:]:
-        lines = list(split_lines(folder / f"{s}.txt"))
-        splits[s] = [x for x in lines if len(x) <= max_len]
+        lines = list(LineFile.every(folder / f"{s}.txt"))
+        splits[s] = [x for x in lines if len(x) <= max_chars]
         skipped["too_long"] += len(lines) - len(splits[s])
     if bad:
         skipped["not_utf8"] = bad
     if not splits["train"]:
-        raise UserError(f"no training line of {spec} fits in {max_len} characters")
-    form = Form.fit(splits["train"], [n for n in counts if n <= max_len])
-    return Corpus(name, splits, max_len, form, skipped, str(source))
+        raise UserError(f"no training line of {spec} fits in {max_chars} characters")
+    form = Form.fit(splits["train"], [n for n in counts if n <= max_chars])
+    return Corpus(name, splits, max_chars, form, skipped, str(source))
 
 
 def prepared_file(path, skip_bad_lines=False):
@@ -177,5 +177,5 @@ def prepared_file(path, skip_bad_lines=False):
 def corpus_of_run(run):
     """The corpus a run was trained on, read with the run's own settings."""
     t = run.config["train"]
-    return load_corpus(t["corpus"], t["data_dir"], run.config["data"]["max_len"],
+    return load_corpus(t["corpus"], t["data_dir"], run.config["data"]["max_chars"],
                        t.get("skip_bad_lines", False))

@@ -19,14 +19,20 @@ could change: how far apart the pairs are), and the judge's fluency of the middl
 """
 import math
 import random
+import time
 
 import torch
 import torch.nn.functional as F
 
-from .generate import SampleConfig, fit_z, sample, texts, write_lines
+from .anneal import schedule_of
+from .device import resolve_device
+from .decoding import SampleConfig, fit_z, write_ids, write_lines
+from .sampling import sample
 from .judge import (CharBigram, CharKN, adjacent_repeat_share, chars_changed, distinct_n,
                     fewest_changed, known_word_share)
 from .model import gaussian_kl
+from .run import (load_run, read_metrics, read_saved_config, weights_step, write_curves,
+                  write_summary)
 from .tokenizer import PAD, UNK
 
 JUDGE_LINES = 1_000_000  # training lines the judges are fitted on, at most
@@ -149,15 +155,12 @@ def likelihood_and_reconstruction(run, idx, lines, batch_size, gen, sc):
         z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen).to(device)
         rec -= float(log_px_given_z(model, z, batch).sum())
         kl += gaussian_kl(mu.float(), logvar.float()).sum(0).cpu()   # per dimension
-        mask = batch != PAD
         for kind, src in (("mu", mu), ("z", z)):
-            guess = write_lines(run, src, 0.0, SampleConfig(keep=sc.keep)).to(device)
-            # Character accuracy over real characters; a line is exact when every
-            # position matches, padding included (so its length is right too).
-            hits[kind] += int(((guess == batch) & mask).sum()) \
-                if run.tokenizer.unit == "character" else \
-                _chars_in_place(texts(run, guess), lines[first:first + len(batch)])
-            exact[kind] += int((guess == batch).all(1).sum())
+            guess = write_lines(run, src, 0.0, SampleConfig(keep=sc.keep))
+            hits[kind] += chars_back(run.tokenizer, guess, batch.cpu(),
+                                     lines[first:first + len(batch)])
+            # exact: every position matches, padding included (so the length is right)
+            exact[kind] += int((guess == batch.cpu()).all(1).sum())
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
     N = len(idx)
@@ -173,15 +176,18 @@ def likelihood_and_reconstruction(run, idx, lines, batch_size, gen, sc):
             "acc_z": hits["z"] / n_chars, "exact_z": exact["z"] / N}
 
 
-def _chars_in_place(written, lines):
-    """Characters of ``lines`` that ``written`` has at the same place (a piece run's
-    character accuracy: a wrong piece early shifts the rest, as a wrong character
-    would not)."""
+def chars_back(tokenizer, guess, ids, lines):
+    """How many characters of ``lines`` (token ids ``ids``) the ids ``guess`` write back in
+    place: ids compared for a character run, the decoded text for a piece run (a wrong
+    piece early shifts the rest, as a wrong character would not)."""
+    if tokenizer.units == "chars":
+        return int(((guess == ids) & (ids != PAD)).sum())
+    written = [tokenizer.decode(row) for row in guess.tolist()]
     return sum(a == b for w, line in zip(written, lines) for a, b in zip(w, line))
 
 
 def fitted_reconstruction(run, idx, sc, seed, n=1000):
-    """Exact lines when z is fitted to the line (generate.fit_z, as reconstruct and
+    """Exact lines when z is fitted to the line (decoding.fit_z, as reconstruct and
     interpolate do), over up to ``n`` lines whose characters are all in the vocabulary
     (a line with <unk> cannot come back exactly)."""
     known = idx[(idx != UNK).all(1)]
@@ -249,7 +255,7 @@ def _known_words(samples, lines, train_lines):
 
 def interpolation_figures(run, lines, n_pairs, seed, sc, judge, steps=8):
     """Paths between random pairs of real lines: ends, fluency in between, smoothness."""
-    from .generate import interpolate_pairs
+    from .sampling import interpolate_pairs
     rng = random.Random(seed)
     formed = distinct = middles = ends = changed = known = known_ends = 0
     inner = []
@@ -353,3 +359,50 @@ def format_table(results, names=None):
             row += f"  {results[0][key] / results[1][key]:>8.3f}"
         lines.append(row)
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def validate(model, tokenizer, lengths, idx, lines, beta, batch_size=1024):
+    """Validation -ELBO terms, active units and accuracy from mu through the full
+    decoding path (``chars_back``, as ``evaluate``'s acc_mu), for the token ids ``idx``
+    of ``lines``; ``lengths``: the run's line lengths in positions."""
+    model.eval()
+    rec = kl = ref = hits = 0.0
+    mus = []
+    for i in range(0, len(idx), batch_size):
+        batch = idx[i:i + batch_size]
+        terms = model.loss(batch, beta)
+        rec += terms["rec"].item() * len(batch)
+        kl += terms["kl"].item() * len(batch)
+        ref += terms["ref"].item() * len(batch) if "ref" in terms else 0.0
+        guess = write_ids(model, lengths, terms["mu"], 0.0, SampleConfig())
+        hits += chars_back(tokenizer, guess, batch.cpu(), lines[i:i + batch_size])
+        mus.append(terms["mu"].float())
+    model.train()
+    n = len(idx)
+    return {"rec": rec / n, "kl": kl / n, "nelbo": (rec + kl) / n, "ref": ref / n,
+            "acc_mu": hits / sum(map(len, lines)), "au": active_units(torch.cat(mus))}
+
+
+def finish(out, log=print):
+    """Evaluate a finished run on its test split and write summary.json.
+
+    Runs on the device the run trained on. A corpus too small to have test lines is
+    evaluated on its validation split, or else on 1,000 random training lines.
+    """
+    config = read_saved_config(out)
+    run = load_run(out, resolve_device(config["train"].get("device", "auto")))
+    counts = config["data"]["counts"]
+    split = next((s for s in ("test", "valid") if counts.get(s)), "train")
+    t0 = time.time()
+    res = evaluate_split(run, split, max_lines=0 if split != "train" else 1000,
+                         iw_samples=config["train"]["iw_samples"])
+    res["eval_s"] = round(time.time() - t0, 1)
+    hist = read_metrics(out)
+    summary = {**res, "steps": hist[-1]["step"] if hist else None,
+               "train_s": hist[-1]["elapsed_s"] if hist else None,
+               "weights_step": weights_step(hist)}
+    write_summary(out, summary)
+    write_curves(out, schedule_of(config), log)  # now with the test IW-NLL
+    log(format_table(res))
+    return summary

@@ -14,16 +14,6 @@ from pathlib import Path
 from .errors import UserError
 
 
-def read_lines(path, skip_bad_lines=False):
-    """Return the non-blank lines of a UTF-8 text file, without line ends, and the number
-    of invalid lines dropped (see LineReader)."""
-    reader = LineReader(path, skip_bad_lines)
-    lines = list(reader)
-    if not lines:
-        raise UserError(f"corpus {path} has no non-blank lines")
-    return lines, reader.skipped
-
-
 class LineReader:
     """The non-blank lines of a UTF-8 text file, read one at a time when iterated, so a
     corpus larger than memory is never held whole.
@@ -50,6 +40,13 @@ class LineReader:
                         yield text
         except OSError as e:
             raise UserError(f"cannot read {self.path}: {e.strerror or e}") from None
+
+    def read(self):
+        """Every non-blank line, as a list; a file without one is an error."""
+        lines = list(self)
+        if not lines:
+            raise UserError(f"{self.path} has no non-blank lines")
+        return lines
 
     def _decode(self, chunk, number):
         if number == 1 and chunk.startswith(b"\xef\xbb\xbf"):

@@ -14,14 +14,12 @@ from safetensors.torch import save
 
 from .errors import UserError
 from .files import atomic_write_bytes
-from .generate import SampleConfig, encode_lines, given_z, texts, write_lines
-
-INDEX = "index.safetensors"
-
+from .run import INDEX, WEIGHTS
+from .decoding import SampleConfig, encode_lines, given_z, texts, write_lines
 
 def _stamp(run):
     """Identifies the weights an index was computed from (size and modification time)."""
-    st = (run.dir / "model.safetensors").stat()
+    st = (run.dir / WEIGHTS).stat()
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
@@ -61,8 +59,8 @@ def _lines_of(spec):
     """A file's lines if ``spec`` names a file, else None (``spec`` is characters)."""
     from pathlib import Path
     if Path(spec).is_file():
-        from .files import read_lines
-        return read_lines(spec)[0]
+        from .files import LineReader
+        return LineReader(spec).read()
     return None
 
 

@@ -93,12 +93,10 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise UserError(f"config has unknown model settings: {sorted(unknown)}")
-        # Runs saved before enc_positions existed were trained without position vectors.
-        return cls(**{"enc_positions": False, **d})
+        return cls(**d)
 
 
 # ---------------------------------------------------------------------------------------

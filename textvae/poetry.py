@@ -13,7 +13,7 @@ A poem is written line by line, all poems of a batch at once:
   3. of ``candidates`` steps of the walk, the one under which the fan-out heads put the
      most probability on those allowed sets is kept (constraints the latent already
      leans towards cost the least fluency), and the line is written from it by the full
-     decoding path, restricted to the allowed characters (generate.write_lines).
+     decoding path, restricted to the allowed characters (decoding.write_lines).
 The rhyme group is the one the first rhyming line happens to end in.
 """
 import math
@@ -22,15 +22,15 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .generate import (SampleConfig, keyword_ids, pick_z, place_keywords, prior_z, texts,
-                       write_lines)
-from .prosody import PING, RHYMES, ZE, Form, faultless, key_positions, table, templates
+from .decoding import SampleConfig, pick_z, texts, write_lines
+from .sampling import keyword_ids, place_keywords, prior_z
+from .prosody import PING, RHYMES, ZE, VerseForm, faultless, key_positions, table, templates
 from .tokenizer import PAD
 
 
 @dataclass
 class PoemConfig:
-    form: Form
+    form: VerseForm
     rhyme: str = "pingshui"   # pingshui | xinyun | off
     tones: bool = False       # hold the key positions to the form's tonal template
     acrostic: str = ""        # first character of each line ('' : none)

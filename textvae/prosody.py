@@ -9,7 +9,7 @@ rhyme groups it belongs to; a character with several readings has them all:
   xinyun    中华新韵, the 14 rhyme groups of modern Mandarin, from pypinyin's readings:
             tones 1 and 2 are 平, 3 and 4 仄, a neutral tone neither.
 
-Forms (``FORMS``) name the lines, their length, and the rhyming lines. Tonal templates
+Forms (``VERSE_FORMS``) name the lines, their length, and the rhyming lines. Tonal templates
 (``templates``) are the four standard line patterns of regulated verse; a seven-character
 line puts two characters of the opposite tone before the five-character one. Only the
 positions that decide a line's pattern are held to it (二四六分明: characters 2, 4, 6 and
@@ -27,7 +27,7 @@ PING, ZE = "平", "仄"
 
 
 @dataclass(frozen=True)
-class Form:
+class VerseForm:
     name: str
     chinese: str
     chars: int          # characters per line
@@ -39,20 +39,20 @@ class Form:
         return i % 2 == 1 or (i == 0 and self.first_rhymes)
 
 
-FORMS = {f.name: f for f in (
-    Form("wujue", "五绝", 5, 4, False),
-    Form("qijue", "七绝", 7, 4, True),
-    Form("wulv", "五律", 5, 8, False),
-    Form("qilv", "七律", 7, 8, True),
+VERSE_FORMS = {f.name: f for f in (
+    VerseForm("wujue", "五绝", 5, 4, False),
+    VerseForm("qijue", "七绝", 7, 4, True),
+    VerseForm("wulv", "五律", 5, 8, False),
+    VerseForm("qilv", "七律", 7, 8, True),
 )}
 RHYMES = ("pingshui", "xinyun", "off")
 
 
 def form_named(name):
-    if name not in FORMS:
-        names = ", ".join(f"{f.name} ({f.chinese})" for f in FORMS.values())
+    if name not in VERSE_FORMS:
+        names = ", ".join(f"{f.name} ({f.chinese})" for f in VERSE_FORMS.values())
         raise UserError(f"unknown form {name!r}; known: {names}")
-    return FORMS[name]
+    return VERSE_FORMS[name]
 
 
 # ---------------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def _seven(five):
     return flip[five[0]] * 2 + five
 
 
-def templates(form: Form, start):
+def templates(form: VerseForm, start):
     """The tone pattern of every line (strings of 平/仄) for a form and a start, 'ze'
     (仄起: the line's second character is 仄) or 'ping' (平起). Lines 5-8 of a 律诗
     repeat 1-4, the fifth in its non-rhyming pattern."""

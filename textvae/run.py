@@ -25,15 +25,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .corpora import lines_per_poem
+from .config import TrainConfig, flag
+from .corpora import default_beta, default_units, lines_per_poem
+from .data import load_corpus
 from .errors import UserError
-from .files import atomic_write_bytes, read_json, write_json
+from .files import atomic_write_bytes, atomic_write_text, read_json, write_json
 from .model import TextVAE, VAEConfig
-from .tokenizer import CharTokenizer, load_tokenizer
+from .tokenizer import VOCAB, CharTokenizer, load_tokenizer, tokenizer_class
 
 CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.model", "model.safetensors"
 METRICS, SUMMARY, CKPT_DIR = "metrics.jsonl", "summary.json", "checkpoints"
-CURVES = "curves.png"
+CURVES, INDEX = "curves.png", "index.safetensors"
 
 
 @dataclass
@@ -51,7 +53,7 @@ class Run:
 
     @property
     def max_len(self):
-        """Positions: characters, or pieces (tokenizer.unit)."""
+        """Positions of a line: characters, or pieces (tokenizer.units)."""
         return self.model.cfg.max_len
 
     @property
@@ -60,47 +62,52 @@ class Run:
 
     def need_characters(self, what):
         """Refuse, in one line, a feature that places characters at positions."""
-        if self.tokenizer.unit != "character":
+        if self.tokenizer.units != "chars":
             raise UserError(f"{what} places characters at positions, and this run's "
-                            f"positions hold {self.tokenizer.unit}s (--units pieces)")
+                            f"positions hold word pieces (--units pieces)")
 
     # The Python API: each method is the command of the same name in generate.py.
     # Keyword arguments are those of SampleConfig (seed, noise, top_k, temperature, ...).
 
     def sample(self, n=4, **kw):
         """``n`` new lines written from z ~ N(0, I)."""
-        from .generate import SampleConfig, sample
+        from .decoding import SampleConfig
+        from .sampling import sample
         return sample(self, n, SampleConfig(**kw))
 
     def poems(self, n=1, form=None, rhyme="pingshui", tones=False, acrostic="", **kw):
         """``n`` poems (lists of lines): four lines each, or a classical ``form``
         ('wujue', 'qijue', 'wulv', 'qilv') with rhyme and tones."""
-        from .generate import SampleConfig, poems
+        from .decoding import SampleConfig
+        from .sampling import poems
         from .poetry import PoemConfig, write_poems
         from .prosody import form_named
         sc = SampleConfig(**kw)
         if form is None:
-            return list(poems(self, n, self.config["data"].get("lines_per_poem", 4), sc,
+            return list(poems(self, n, self.config["data"]["lines_per_poem"], sc,
                               heads=acrostic or None))
         return list(write_poems(self, PoemConfig(form_named(form), rhyme, tones, acrostic),
                                 n, sc))
 
     def reconstruct(self, lines, **kw):
-        from .generate import SampleConfig, reconstruct
+        from .decoding import SampleConfig
+        from .sampling import reconstruct
         return reconstruct(self, list(lines), sc=SampleConfig(**kw))
 
     def encode(self, lines):
         """(mu, logvar), each (len(lines), latent), of the encoder q(z|x)."""
-        from .generate import encode
+        from .sampling import encode
         return encode(self, list(lines))
 
     def interpolate(self, a, b, steps=8, how="linear", **kw):
-        from .generate import SampleConfig, interpolate
+        from .decoding import SampleConfig
+        from .sampling import interpolate
         return interpolate(self, a, b, steps, how, sc=SampleConfig(**kw))
 
     def complete(self, patterns, **kw):
         """Fill the '_' of each pattern, e.g. '白日__尽'."""
-        from .generate import SampleConfig, complete
+        from .decoding import SampleConfig
+        from .sampling import complete
         return complete(self, [patterns] if isinstance(patterns, str) else list(patterns),
                         SampleConfig(**kw))
 
@@ -121,9 +128,8 @@ def open_run_folder(out):
 
 
 def position_lengths(config):
-    """Line lengths in positions seen in training, from a run's config.json (runs saved
-    before pieces existed hold only the form's, in characters: the same thing)."""
-    return config["data"].get("positions") or config["data"]["form"]["lengths"]
+    """Line lengths in positions seen in training, from a run's config.json."""
+    return config["data"]["positions"]
 
 
 def save_run(out, tc, mc, tok, corpus):
@@ -135,7 +141,7 @@ def save_run(out, tc, mc, tok, corpus):
         train[key] = _portable(train[key], out)
     write_json(Path(out) / CONFIG, {
         "model": mc.to_dict(), "train": train,
-        "data": {"corpus": corpus.name, "max_len": corpus.max_len,
+        "data": {"corpus": corpus.name, "max_chars": corpus.max_chars,
                  "counts": {s: len(v) for s, v in corpus.splits.items()},
                  "skipped": corpus.skipped, "form": corpus.form.to_dict(),
                  "positions": tok.position_lengths(corpus),
@@ -173,13 +179,29 @@ def _absolute(key, path, run_dir):
 
 
 def read_saved_config(run_dir):
+    """A run's config.json, upgraded to this version's keys, paths made absolute."""
     config = read_json(Path(run_dir) / CONFIG)
     for section in ("model", "train", "data"):
         if section not in config:
             raise UserError(f"{Path(run_dir) / CONFIG} lacks its {section!r} section")
+    config = upgrade_config(config)
     for key in PATHS:
         if key in config["train"]:
             config["train"][key] = _absolute(key, config["train"][key], run_dir)
+    return config
+
+
+def upgrade_config(config):
+    """A config.json written by an earlier version, with the keys this version reads:
+    each default is what runs of that time were trained with."""
+    model, train, data = config["model"], config["train"], config["data"]
+    for section in (train, data):          # "max_len" meant characters there
+        if "max_len" in section:
+            section["max_chars"] = section.pop("max_len")
+    model.setdefault("enc_positions", False)   # before the encoder's position vectors
+    train.setdefault("units", "chars")         # before word pieces
+    data.setdefault("positions", data["form"]["lengths"])  # before pieces: the same
+    data.setdefault("lines_per_poem", 4)
     return config
 
 
@@ -226,7 +248,7 @@ def load_run(run_dir, device="cpu"):
         raise UserError(f"not a run folder: {run_dir}")
     config = read_saved_config(run_dir)
     cfg = VAEConfig.from_dict(config["model"])
-    tok = load_tokenizer(run_dir / TOKENIZER, config["train"].get("units", "chars"))
+    tok = load_tokenizer(run_dir / TOKENIZER, config["train"]["units"])
     state = read_weights(run_dir / WEIGHTS)
     check_compatible(cfg, tok, state, run_dir)
     model = TextVAE(cfg)
@@ -236,6 +258,85 @@ def load_run(run_dir, device="cpu"):
         first = str(e).strip().splitlines()[-1].strip()
         raise UserError(f"{run_dir / WEIGHTS} does not fit config.json: {first}") from None
     return Run(run_dir, model.to(device).eval(), tok, config)
+
+
+# ---------------------------------------------------------------------------------------
+# Opening the run folder: a new run, or a resumed one with its saved settings
+
+# Settings a resumed run may change: where and how it runs, and how long. The rest
+# (model, data, optimiser) would make the resumed run a different experiment.
+RESUMABLE = {"device", "amp", "compile", "eval_every", "ckpt_every", "keep_ckpts",
+             "skip_nonfinite", "iw_samples", "data_dir", "epochs", "min_steps", "max_steps",
+             "minutes"}
+
+
+def start_run(tc: TrainConfig, mc: VAEConfig, log=print):
+    """A new run: corpus, tokenizer fitted on its training split, run folder written."""
+    # Absolute here, so --resume and evaluate work from any directory; config.json stores
+    # them relative to the run folder (run.py, PATHS).
+    if Path(tc.corpus).exists():
+        tc.corpus = str(Path(tc.corpus).resolve())
+    tc.data_dir = str(Path(tc.data_dir).resolve())
+    corpus = load_corpus(tc.corpus, tc.data_dir, tc.max_chars, tc.skip_bad_lines)
+    out = Path(tc.out or Path("runs") / corpus.name)
+    open_run_folder(out)
+    # auto settings are resolved here and saved as what they resolved to
+    tc.units = tc.units if tc.units != "auto" else default_units(tc.corpus, corpus.train)
+    tc.vocab_size = tc.vocab_size or VOCAB[tc.units]
+    tc.beta_max = tc.beta_max or default_beta(tc.corpus)
+    tok = tokenizer_class(tc.units).train(corpus.train, tc.vocab_size)
+    # One position a character, or a piece: as many as the longest line of any split takes
+    mc.vocab_size, mc.max_len = tok.vocab_size, max(
+        tok.longest(lines) for lines in corpus.splits.values())
+    mc.__post_init__()
+    save_run(out, tc, mc, tok, corpus)
+    return out, tc, mc, tok, corpus
+
+
+def reopen_run(folder, given, log=print, clean=True):
+    """A run to resume: its saved settings, with the flags in ``given`` that may change
+    applied (RESUMABLE) and any other flag that differs refused in one line. ``clean``:
+    remove the temporary files of cut-short writes (rank 0 only: the folder is its)."""
+    out = Path(folder)
+    saved = read_saved_config(out)
+    for name, value in given.items():
+        before = saved["train"].get(name, saved["model"].get(name, value))
+        if name not in RESUMABLE and value != before and not _same_path(value, before):
+            raise UserError(f"{flag(name)} cannot change when resuming (the run was trained "
+                            f"with {before!r}); start a new run with --out instead")
+    tc = TrainConfig(**{**saved["train"], **{k: v for k, v in given.items()
+                                              if k in RESUMABLE}})
+    mc = VAEConfig.from_dict(saved["model"])
+    corpus = load_corpus(tc.corpus, tc.data_dir, saved["data"]["max_chars"], tc.skip_bad_lines)
+    removed = clean_temp_files(out) if clean else 0
+    if removed:
+        log(f"removed {removed} temporary file(s) left by an interrupted write")
+    return out, tc, mc, load_tokenizer(out / TOKENIZER, tc.units), corpus
+
+
+def _same_path(a, b):
+    return isinstance(a, str) and isinstance(b, str) and Path(a).exists() and \
+        Path(a).resolve() == Path(b).resolve()
+
+
+def write_curves(out, beta, log=print):
+    """curves.png from metrics.jsonl (and summary.json once there is one), with the KL
+    weight ``beta`` (step -> weight). A picture that fails to draw is reported, never
+    allowed to stop a run."""
+    from .plots import curves
+    summary = read_json(Path(out) / SUMMARY) if (Path(out) / SUMMARY).exists() else None
+    try:
+        atomic_write_bytes(Path(out) / CURVES, curves(read_metrics(out), beta, summary,
+                                                      title=Path(out).name))
+    except Exception as e:  # noqa: BLE001 - any plotting failure; the run goes on
+        log(f"warning: could not draw {Path(out) / CURVES}: {type(e).__name__}: {e}")
+
+
+def weights_step(records):
+    """The step whose weights the run folder holds: the last record marked ``kept``
+    (keep_best), else the last record's."""
+    kept = [r["step"] for r in records if r.get("kept")] or [r["step"] for r in records]
+    return kept[-1] if kept else None
 
 
 # -- training checkpoints ------------------------------------------------------------------
@@ -278,6 +379,20 @@ def load_checkpoint(run_dir):
         except Exception as e:  # truncated file, or a pickle weights_only refuses
             errors.append(f"{path.name}: {type(e).__name__}")
     raise UserError(f"no readable checkpoint in {folder} ({'; '.join(errors)})")
+
+
+def weights_exist(run_dir):
+    return (Path(run_dir) / WEIGHTS).exists()
+
+
+def write_summary(run_dir, summary):
+    write_json(Path(run_dir) / SUMMARY, summary)
+
+
+def rewrite_metrics(run_dir, records):
+    """metrics.jsonl holding exactly ``records`` (a resumed run drops what it replays)."""
+    atomic_write_text(Path(run_dir) / METRICS,
+                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def append_metrics(run_dir, record):

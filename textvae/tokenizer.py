@@ -51,7 +51,7 @@ class CharTokenizer:
             lookup[ord(c)] = i
         return lookup
 
-    unit = "character"
+    units = "chars"   # what a position holds, as --units names it
 
     @property
     def alphabet_size(self):
@@ -128,7 +128,7 @@ class CharTokenizer:
         ids = self._ids(text)
         if length is not None:
             if len(ids) > length:
-                raise UserError(f"{text!r} takes {len(ids)} {self.unit}s; this model "
+                raise UserError(f"{text!r} takes {len(ids)} {self.units}; this model "
                                 f"handles at most {length}")
             ids += [PAD] * (length - len(ids))
         return ids
@@ -166,7 +166,7 @@ class PieceTokenizer(CharTokenizer):
     characters). Every character of the training split is a piece of its own too
     (character_coverage 1.0), so any line of known characters can be encoded."""
 
-    unit = "piece"
+    units = "pieces"
 
     @property
     def alphabet_size(self):
@@ -211,7 +211,6 @@ def tokenizer_class(units):
     return UNITS[units]
 
 
-def load_tokenizer(path, units="chars"):
-    """A run's tokenizer.model, as the ``units`` its config.json names (runs saved
-    before pieces existed name none: characters)."""
+def load_tokenizer(path, units):
+    """A run's tokenizer.model, as the ``units`` (chars or pieces) its config.json names."""
     return UNITS[units].load(path)

@@ -13,7 +13,7 @@ import traceback
 
 from .errors import UserError
 
-FORMS = ("lines", "wujue", "qijue", "wulv", "qilv")
+WRITE_FORMS = ("lines", "wujue", "qijue", "wulv", "qilv")
 
 
 def _gradio():
@@ -63,9 +63,9 @@ def build(run):
 
 
 def _write_tab(gr, run):
-    from .generate import SampleConfig, for_run
+    from .decoding import SampleConfig, for_run
     with gr.Row():
-        form = gr.Dropdown(FORMS, value="lines", label="form (lines: free lines)")
+        form = gr.Dropdown(WRITE_FORMS, value="lines", label="form (lines: free lines)")
         rhyme = gr.Dropdown(["pingshui", "xinyun", "off"], value="pingshui", label="rhyme")
         tones = gr.Checkbox(label="tones (平仄)")
         num = gr.Number(value=2, precision=0, minimum=1, maximum=50, label="poems")

@@ -7,7 +7,7 @@ import torch
 
 from textvae.data import load_corpus
 from textvae.tokenizer import CharTokenizer
-from textvae.tokens import KeyedOrder, TokenIds, cache_file
+from textvae.batches import KeyedOrder, TokenIds, cache_file
 
 from .conftest import POEM_LINES, write_corpus
 
@@ -47,7 +47,7 @@ def test_the_file_is_reused_and_a_changed_corpus_or_vocabulary_gets_its_own(corp
 
 
 def test_an_interrupted_build_leaves_no_file(corpus, tmp_path, monkeypatch):
-    import textvae.tokens as tokens
+    import textvae.batches as tokens
     tok = CharTokenizer.train(corpus.train, 100)
     monkeypatch.setattr(tokens, "CHUNK", 8)  # several pieces, the third one fails
     real, calls = tok.encode_batch, []
@@ -96,7 +96,7 @@ def test_a_keyed_order_is_a_permutation_that_differs_by_key(n):
 
 def test_training_past_the_held_order_reads_every_line_once_an_epoch(tmp_path, monkeypatch):
     """A corpus larger than HELD_ORDER is ordered by KeyedOrder: made small here."""
-    import textvae.tokens as tokens
+    import textvae.batches as tokens
     from textvae.config import TrainConfig
     from textvae.model import VAEConfig
     from textvae.trainer import train
