@@ -4,8 +4,10 @@
                           [--lm runs/bench-charlm-stanza5] [--poems 500]
 
 Systems, each writing five-character quatrains (each skipped when its run is missing):
-  lines          the tang5 run's default poems (`generate.py`): four lines from four
+  lines          the tang5 run's poems with --independent: four lines from four
                  independent z
+  poem chain     the run's default poems (`generate.py`): z_t drawn from its poem chain
+                 p(z_t | z_<t), each line the best of K (textvae/poem.py)
   walk rho R     the tang5 run's form writer (`--form wujue`, rhyme off, no tones): the
                  lines' z walk, z_i = R z_(i-1) + sqrt(1 - R^2) eps, 64 candidates a line
   whole poem     the runs of `train.py --corpus quatrain5` (16,442 training quatrains)
@@ -59,16 +61,18 @@ def redealt(poem_list, seed):
     return [lines[i:i + 4] for i in range(0, len(lines) - 3, 4)]
 
 
-def figures(poem_list, thread, kn):
+def figures(poem_list, thread, kn, seen=frozenset()):
     ok = [p for p in poem_list if len(p) == 4 and all(HAN5.match(x) for x in p)]
     lines = [x for p in ok for x in p]
+    novel = sum(x not in seen for x in lines) / max(len(lines), 1)
     own = thread.bits(ok)
     shuffled = sum(thread.bits(redealt(ok, s)) for s in range(3)) / 3
     pairs = [len(set(a) & set(b)) / len(a) for p in ok for a, b in zip(p, p[1:])]
     return {"poems": len(poem_list), "well_formed": len(ok) / max(len(poem_list), 1),
             "thread": own, "thread_shuffled": shuffled, "thread_margin": own - shuffled,
             "kn_bits": kn.bits_per_char(lines), "overlap": sum(pairs) / max(len(pairs), 1),
-            "distinct_2": distinct_n(lines, 2), "shown": ok[:2]}
+            "distinct_2": distinct_n(lines, 2), "novel": novel,
+            "unique": len(set(lines)) / max(len(lines), 1), "shown": ok[:2]}
 
 
 def systems(args, n):
@@ -76,10 +80,18 @@ def systems(args, n):
     out = []
     if (Path(args.run5) / "model.safetensors").exists():
         run = load_run(args.run5)
-        out.append(("lines (independent z)", list(poems(run, n, 4, SampleConfig()))))
+        out.append(("lines (independent z)",
+                    list(poems(run, n, 4, SampleConfig(independent=True)))))
+        for k in args.candidates if run.chain is not None else ():
+            out.append((f"poem chain, best of {k}",
+                        list(poems(run, n, 4, SampleConfig(line_candidates=k)))))
         for rho in args.rho:
             pc = PoemConfig(VERSE_FORMS["wujue"], rhyme="off", rho=rho)
-            out.append((f"walk rho {rho}", list(write_poems(run, pc, n, SampleConfig()))))
+            out.append((f"walk rho {rho}",
+                        list(write_poems(run, pc, n, SampleConfig(independent=True)))))
+        if run.chain is not None:
+            pc = PoemConfig(VERSE_FORMS["wujue"], rhyme="off")
+            out.append(("wujue on the chain", list(write_poems(run, pc, n, SampleConfig()))))
     for folder in args.runq:
         if (Path(folder) / "model.safetensors").exists():
             run = load_run(folder)
@@ -99,7 +111,10 @@ def main(argv=None):
     p.add_argument("--lm", default="runs/bench-charlm-stanza5")
     p.add_argument("--poems", type=int, default=500)
     p.add_argument("--rho", type=float, nargs="*", default=[0.1, 0.6])
+    p.add_argument("--candidates", type=int, nargs="*", default=[1, 16],
+                   help="the poem chain's lines drawn for each line written")
     p.add_argument("--data-dir", default="data")
+    p.add_argument("--json", help="also write the table here (bench/report.py reads it)")
     args = p.parse_args(argv)
     corpus = load_corpus("quatrain5", args.data_dir)
     train = [clauses(t) for t in corpus.splits["train"]]
@@ -108,11 +123,17 @@ def main(argv=None):
     kn = CharKN([x for poem in train for x in poem], 10_000)
     print(f"judges fitted on {len(train)} poems in {time.time() - t:.0f} s", flush=True)
     real = [clauses(t) for t in corpus.splits["valid"] + corpus.splits["test"]]
-    rows = [(f"real held-out ({len(real)})", figures(real, thread, kn))]
+    # novel: lines found in no training line of tang5 (the lines the runs learnt from)
+    seen = set(load_corpus("tang5", args.data_dir).splits["train"])
+    rows = [(f"real held-out ({len(real)})", figures(real, thread, kn, seen))]
     for name, poem_list in systems(args, args.poems):
-        rows.append((name, figures(poem_list, thread, kn)))
+        rows.append((name, figures(poem_list, thread, kn, seen)))
         print(f"{name} done", flush=True)
     print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"poems": args.poems, "rows": [[name, {k: v for k, v in r.items() if k != "shown"}]
+                                           for name, r in rows]}, ensure_ascii=False, indent=1))
     for name, r in rows:
         print(f"\n{name}:")
         print("\n\n".join("\n".join(p) for p in r["shown"]))
@@ -120,7 +141,7 @@ def main(argv=None):
 
 def print_table(rows):
     cols = ["well_formed", "thread", "thread_shuffled", "thread_margin", "kn_bits",
-            "overlap", "distinct_2"]
+            "overlap", "distinct_2", "novel", "unique"]
     print(f"\n| system | {' | '.join(cols)} |")
     print("|" + "---|" * (len(cols) + 1))
     for name, r in rows:

@@ -1,3 +1,4 @@
+import pytest
 """The Python API, as the README shows it, and what a run folder stores about paths."""
 import json
 import os
@@ -42,6 +43,7 @@ def test_config_stores_paths_relative_to_the_run_folder(overfit_run):
     assert corpus_of_run(overfit_run).train  # and they still lead to the corpus
 
 
+@pytest.mark.slow
 def test_bare_help_lists_the_default_commands_options():
     r = run_cli("generate.py", "--help")
     assert r.returncode == 0 and "--num" in r.stdout and "--form" in r.stdout

@@ -13,6 +13,9 @@ from textvae.run import read_metrics
 
 from .conftest import POEM_LINES, ROOT, write_corpus
 
+# subprocesses, signals, torchrun or a browser: `pytest -m "not slow"` leaves them out
+pytestmark = pytest.mark.slow
+
 # The tolerance below was measured on this tiny model without the encoder's position
 # vectors; with them its curves wander further from run to run (6.4% apart at step 60
 # once), and these tests are about the processes, not the encoder.

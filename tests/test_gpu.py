@@ -1,5 +1,5 @@
 """The GPU path. These run where torch sees a CUDA GPU and are skipped elsewhere (CI has
-none); the README's speed section says where they last ran."""
+none); docs/speed.md says how to run them on a GPU."""
 import json
 import math
 
@@ -24,11 +24,6 @@ def train_tiny(tmp_path, log=lambda *a: None, **settings):
     return train(tc, mc, log=log)
 
 
-@pytest.mark.xfail(strict=False, reason="not yet run on a GPU: an H100 (2026-11-22) "
-                   "counted one synchronizing call per plain step, likely the refiner's "
-                   "masked[rows, cols] = True (index_put_ copies a scalar value to the "
-                   "GPU and waits), since replaced by scatter_; an XPASS confirms it, a "
-                   "failure's traceback names the line")
 def test_a_training_step_on_the_gpu_never_waits_for_it(tmp_path, monkeypatch):
     """No host sync inside a plain step: the loop waits only at its looks (every 20)."""
     from textvae.trainer import Trainer

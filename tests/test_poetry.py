@@ -102,6 +102,7 @@ def test_acrostic_on_a_whole_poem_corpus_puts_one_character_per_clause():
     assert acrostic_patterns(line_run, "春夏") == ["春____", "夏____"]
 
 
+@pytest.mark.slow
 def test_cli_writes_forms_and_refuses_wrong_ones(overfit_run):
     ok = run_cli("generate.py", "--run", str(overfit_run.dir), "--form", "wujue",
                  "--tones", "--num", "2")

@@ -17,6 +17,9 @@ from textvae.run import load_run, read_metrics
 
 from .conftest import POEM_LINES, ROOT, copy_run_files, run_cli, write_corpus
 
+# subprocesses, signals, torchrun or a browser: `pytest -m "not slow"` leaves them out
+pytestmark = pytest.mark.slow
+
 # Long enough (~1000 steps) that a signal lands mid-run; fp32 so runs are bit-reproducible.
 FLAGS = ["--epochs", "250", "--batch-size", "4", "--emb-dim", "16", "--enc-hidden", "16",
          "--latent", "4", "--dec-hidden", "16", "--eval-every", "20", "--ckpt-every", "20",

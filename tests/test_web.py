@@ -17,6 +17,9 @@ import pytest
 
 from .conftest import ROOT
 
+# subprocesses, signals, torchrun or a browser: `pytest -m "not slow"` leaves them out
+pytestmark = pytest.mark.slow
+
 REQUIRED = os.environ.get("TEXTVAE_REQUIRE_BROWSER") == "1"
 
 

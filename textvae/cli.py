@@ -18,7 +18,7 @@ import torch
 from .config import PRESETS, configs
 from .errors import UserError
 from .decoding import SampleConfig
-from .sampling import poems
+from .sampling import continued, poems
 from .poetry import PoemConfig, couplets, write_poems
 from .prosody import VERSE_FORMS, RHYMES, form_named
 
@@ -91,6 +91,7 @@ def train_main(argv):
     from .model import VAEConfig
     from .distributed import Group
     from .evaluate import finish
+    from .poem import fit_run_chain
     from .trainer import train
     p = Parser(
         prog="train.py", description="Train a text VAE and save a self-contained run folder.")
@@ -111,13 +112,14 @@ def train_main(argv):
     out = train(tc, mc, resume=args["resume"], given=given)
     if not Group().main:  # under torchrun, rank 0 evaluates and reports
         return 0
+    fit_run_chain(out)
     finish(out)
     print(f"\nrun saved in {out}; write poems with: python generate.py --run {out}")
     return 0
 
 
 # ---------------------------------------------------------------------------------------
-COMMANDS = ("sample", "interpolate", "reconstruct", "encode", "complete", "similar", "shift",
+COMMANDS = ("sample", "continue", "interpolate", "reconstruct", "encode", "complete", "similar", "shift",
             "map", "evaluate", "serve")
 
 
@@ -190,6 +192,13 @@ def _sample_flags(s):
     s.add_argument("--keywords", default="",
                    help="characters separated by commas (月,秋): each line holds one, in "
                         "turn (with --form: the first lines, one each)")
+    s.add_argument("--line-candidates", type=int, default=SampleConfig.line_candidates,
+                   help="with a run's poem chain: lines drawn for each line of a poem, "
+                        "the one the model scores best kept; 1: the first drawn "
+                        f"(default: {SampleConfig.line_candidates})")
+    s.add_argument("--independent", action="store_true",
+                   help="each line of a poem from its own z ~ N(0, I), ignoring the "
+                        "run's poem chain")
     s.add_argument("--coherence", type=float, default=PoemConfig.rho,
                    help="with --form: share of its latent a line takes from the line "
                         f"before, 0 to <1 (default: {PoemConfig.rho})")
@@ -207,7 +216,16 @@ def generate_parser():
     p.default_command = s  # its options are listed by a bare --help too
     _sampling(s)
     _sample_flags(s)
-    s = _common(sub.add_parser("interpolate", help="walk the latent path between two lines"))
+    s = _common(sub.add_parser("continue", help="poems that open with the given line(s), "
+                               "written on by the run's poem chain"))
+    s.add_argument("lines", nargs="+")
+    s.add_argument("--num", type=int, default=4, help="how many poems")
+    _sampling(s)
+    s.add_argument("--line-candidates", type=int, default=SampleConfig.line_candidates,
+                   help="lines drawn for each line written, the one the model scores "
+                        f"best kept (default: {SampleConfig.line_candidates})")
+    s = _common(sub.add_parser("interpolate", help="walk the latent path between two lines "
+                               "(or two poems, written 甲，乙。丙，丁。: line by line)"))
     s.add_argument("line_a")
     s.add_argument("line_b")
     s.add_argument("--steps", type=int, default=8, help="points on the path, ends included")
@@ -277,7 +295,7 @@ def _latent_commands(sub):
 @cli
 def generate_main(argv):
     from .run import load_run
-    from .trainer import resolve_device
+    from .device import resolve_device
     # The subcommand may come after global flags (`--run X interpolate A B`); with none,
     # the command is `sample`.
     argv = list(argv)
@@ -293,7 +311,7 @@ def generate_main(argv):
         argv.insert(0, "sample")
     args = generate_parser().parse_args(argv)
     run = load_run(args.run, resolve_device(args.device))
-    if args.command == "sample":
+    if args.command in ("sample", "continue"):
         return _sample(run, args)
     if args.command == "evaluate":
         return _evaluate(run, args)
@@ -313,13 +331,20 @@ def generate_main(argv):
 
 def _use(run, args):
     """interpolate, reconstruct, encode or complete: (JSON-able result, text)."""
-    from .sampling import complete, encode, interpolate, reconstruct
+    from .sampling import (complete, encode, interpolate, interpolate_poems, poem_lines,
+                           reconstruct)
     text = None
     if args.command == "interpolate":
         hows = ("linear", "spherical") if args.how == "both" else (args.how,)
-        out = {h: interpolate(run, args.line_a, args.line_b, args.steps, h, args.allow_unk,
-                              _sample_config(args)) for h in hows}
-        text = "\n".join(f"{i}  " + "  ".join(f"{out[h][i]}" for h in hows)
+        a, b = poem_lines(args.line_a), poem_lines(args.line_b)
+        if len(a) > 1 or len(b) > 1:  # two poems: line i walks to line i
+            out = {h: interpolate_poems(run, a, b, args.steps, h, args.allow_unk,
+                                        _sample_config(args)) for h in hows}
+            shown = {h: ["".join(couplets(p)) for p in out[h]] for h in hows}
+        else:
+            out = shown = {h: interpolate(run, args.line_a, args.line_b, args.steps, h,
+                                          args.allow_unk, _sample_config(args)) for h in hows}
+        text = "\n".join(f"{i}  " + "  ".join(f"{shown[h][i]}" for h in hows)
                          for i in range(args.steps))
         text = "   " + "  ".join(hows) + "\n" + text
     elif args.command == "reconstruct":
@@ -379,11 +404,13 @@ def _sample_config(args):
 
 def _sample(run, args):
     """Poems printed as they are written: any --num streams in constant memory."""
-    if args.num < 1 or args.lines < 0:
+    if args.num < 1 or (args.command == "sample" and args.lines < 0):
         raise UserError("--num must be at least 1 and --lines at least 0")
-    if args.acrostic is not None and not args.acrostic.strip():
+    if args.command == "continue":
+        stream = continued(run, args.lines, args.num, _sample_config(args))
+    elif args.acrostic is not None and not args.acrostic.strip():
         raise UserError("--acrostic needs at least one character")
-    if args.form:
+    elif args.form:
         pc = PoemConfig(form_named(args.form), args.rhyme, args.tones, args.acrostic or "",
                         args.coherence)
         stream = (couplets(p) for p in write_poems(run, pc, args.num, _sample_config(args)))

@@ -66,6 +66,12 @@ class TrainConfig:
                                   # a 5x faster step on an H100), on, off
     skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping
     skip_bad_lines: bool = False  # drop corpus lines that are not UTF-8 instead of failing
+    poems: str = "auto"           # stanzas the poem chain (poem.py) is fitted on after the
+                                  # line VAE, so a poem's lines follow each other: a recipe
+                                  # (stanza5) or a file of poems, one a line as 甲，乙。丙，丁。;
+                                  # auto: the recipe's (tang5: stanza5, else none); none
+    poem_minutes: float = 1.5     # of --minutes, what the chain takes (a third encoding
+                                  # stanzas, the rest fitting); with --minutes 0, as given
 
     # Not a field: the flags' allowed values.
     CHOICES = {"units": ("auto", "chars", "pieces"),
@@ -80,9 +86,16 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise UserError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
         for name in ("vocab_size", "free_bits", "iw_samples", "max_chars", "min_steps", "max_steps",
-                     "batch_chars", "minutes", "beta_max"):
+                     "batch_chars", "minutes", "beta_max", "poem_minutes"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+
+    def line_seconds(self):
+        """The line VAE's share of the --minutes budget, in seconds (0: none)."""
+        if not self.minutes:
+            return 0.0
+        chain = self.poem_minutes if self.poems != "none" else 0.0
+        return max(self.minutes - chain, self.minutes / 2) * 60
 
     def lines_per_step(self, positions):
         """batch_size, or fewer lines where batch_chars positions would not hold them."""
@@ -103,7 +116,7 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
-# Su Jianlin's Keras poetry VAE (../shared/docs/anchors.md), the baseline to beat: no
+# Su Jianlin's Keras poetry VAE (bojone/vae, 2018), the baseline to beat: no
 # refiner, KL at weight 1 from the first step, no free bits.
 PRESETS = {
     "su2018": {"emb_dim": 64, "enc_hidden": 64, "enc_layers": 2, "kernel": 3,

@@ -7,7 +7,7 @@ decided by a hash of the line itself, so re-running a recipe gives the same spli
 The split files are written into a temporary folder that is renamed into place only when
 complete: a corpus folder either holds a whole corpus or does not exist.
 
-Corpora (see ../shared/docs/corpora.md for the counts):
+Corpora (docs/corpora.md has their counts):
   tang5      unique five-character clauses of the Tang poems, Simplified (the default)
   tang7      unique seven-character clauses of the Tang poems, Simplified
   quatrain5  whole five-character quatrains (Tang + Song), one poem per line
@@ -225,10 +225,12 @@ class Recipe:
     beta_max: float = 0.5         # the KL weight's ceiling it trains at (default_beta)
     units: str = "chars"          # what a decoder position holds (default_units)
     poem_lines: int = 4           # lines generate.py prints as a poem; 1: each is one
+    poems: str = "none"           # the recipe whose stanzas chain its lines into poems
 
 
 RECIPES = {
-    "tang5": Recipe("tang5", fetch_poetry, lambda p: tang_clauses(p, 5), POETRY_PACKAGE),
+    "tang5": Recipe("tang5", fetch_poetry, lambda p: tang_clauses(p, 5), POETRY_PACKAGE,
+                    poems="stanza5"),
     "tang7": Recipe("tang7", fetch_poetry, lambda p: tang_clauses(p, 7), POETRY_PACKAGE,
                     beta_max=0.35),
     "quatrain5": Recipe("quatrain5", fetch_poetry, quatrains5, POETRY_PACKAGE, poem_lines=1),
@@ -275,6 +277,11 @@ def default_units(spec, lines):
         return RECIPES[spec].units
     head = list(itertools.islice(iter(lines), 10_000))
     return "pieces" if 2 * sum(" " in line for line in head) >= len(head) > 0 else "chars"
+
+
+def default_poems(spec):
+    """The stanzas a run of corpus ``spec`` chains its lines by when --poems is auto."""
+    return RECIPES[spec].poems if spec in RECIPES and not Path(spec).exists() else "none"
 
 
 def lines_per_poem(spec):

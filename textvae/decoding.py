@@ -46,6 +46,10 @@ class SampleConfig:
     theme_weight: float = 0.5 # share of the theme in each z, 0 (none) to 1 (the line itself)
     keywords: str = ""        # characters separated by commas (月,秋): each line holds
                               # one, in turn
+    line_candidates: int = 64 # a poem from a run with a poem chain: lines drawn for each
+                              # of its lines, the one the model scores best kept (poem.py)
+    independent: bool = False # each line of a poem from its own z ~ N(0, I), as a run
+                              # without a poem chain writes them
 
     def __post_init__(self):
         if self.temperature is not None and not self.temperature >= 0:
@@ -58,6 +62,8 @@ class SampleConfig:
             raise UserError(f"--keep must be in (0, 1], got {self.keep}")
         if self.repeat_penalty < 0:
             raise UserError(f"--repeat-penalty must be >= 0, got {self.repeat_penalty}")
+        if self.line_candidates < 1:
+            raise UserError(f"--line-candidates must be at least 1, got {self.line_candidates}")
         if self.fit_steps < 0:
             raise UserError(f"--fit-steps must be >= 0, got {self.fit_steps}")
         if not 0 <= self.theme_weight <= 1:
@@ -72,7 +78,7 @@ class SampleConfig:
 
 # The default temperature of a run whose positions hold characters, or word pieces: a
 # piece holds more of a line, so a cold draw copies whole training lines more often
-# (docs/decoding.md).
+# (docs/model.md).
 TEMPERATURE = {"chars": 0.7, "pieces": 0.8}
 
 
@@ -286,10 +292,11 @@ def given_z(run, lines, allow_unk=False, sc: SampleConfig = SampleConfig()):
 
 
 @torch.no_grad()
-def pick_z(run, z, given, allowed=None, budget=2 ** 24):
+def pick_z(run, z, given, allowed=None, budget=2 ** 24, top=1):
     """For each row of candidates z (P, C, D), the one under which the heads give the
     most log-probability to the given characters (given (P, L), -1 = free) and, with
-    ``allowed`` (P, L, V), to the allowed set of every free position. Rows are scored a
+    ``allowed`` (P, L, V), to the allowed set of every free position; with ``top`` > 1,
+    the ``top`` best (P, top, D), best first. Rows are scored a
     few at a time, so the (rows, C, L, V) log-probabilities stay within ``budget`` floats."""
     P, C = z.shape[:2]
     step = max(1, budget // (C * run.max_len * len(run.tokenizer.chars)))
@@ -297,7 +304,11 @@ def pick_z(run, z, given, allowed=None, budget=2 ** 24):
     for s in range(0, P, step):
         rows = slice(s, s + step)
         score = _scores(run, z[rows], given[rows], None if allowed is None else allowed[rows])
-        best.append(z[rows][torch.arange(len(score)), score.argmax(1)])
+        if top == 1:
+            best.append(z[rows][torch.arange(len(score)), score.argmax(1)])
+        else:
+            best.append(z[rows].gather(1, score.topk(top, 1).indices.unsqueeze(-1)
+                                       .expand(-1, -1, z.shape[-1])))
     return torch.cat(best)
 
 

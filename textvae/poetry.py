@@ -1,10 +1,11 @@
 """Whole poems in a classical form: lines that belong together, rhyme, tones, acrostics.
 
 A poem is written line by line, all poems of a batch at once:
-  1. z for the lines walks through the latent space, z_1 ~ N(0, I) and
-     z_i = rho z_{i-1} + sqrt(1 - rho^2) eps, so every z is still a draw from N(0, I)
-     (the prior the decoder was trained to read) while neighbouring lines share rho of
-     their latent: a poem whose lines belong together, not four unrelated draws;
+  1. z for the next line is drawn from the run's poem chain p(z_i | z_<i) (poem.py),
+     given the lines written so far; a run without one walks through the latent space,
+     z_1 ~ N(0, I) and z_i = rho z_{i-1} + sqrt(1 - rho^2) eps, so every z is still a
+     draw from N(0, I) (the prior the decoder was trained to read) while neighbouring
+     lines share rho of their latent;
   2. each position of a line gets the characters its form allows (``allowed``): the tone
      of the template at the positions that decide it, the poem's rhyme group at the end
      of a rhyming line, the acrostic character first; and no character the poem has
@@ -23,7 +24,8 @@ import torch
 
 from .errors import UserError
 from .decoding import SampleConfig, pick_z, texts, write_lines
-from .sampling import keyword_ids, place_keywords, prior_z
+from .poem import line_scores
+from .sampling import chained, keyword_ids, place_keywords, prior_z
 from .prosody import PING, RHYMES, ZE, VerseForm, faultless, key_positions, table, templates
 from .tokenizer import PAD
 
@@ -99,6 +101,8 @@ def _batch(run, pc, vt, P, sc, gen):
     rhyme = [None] * P                 # each poem's rhyme group, once chosen
     used = torch.zeros(P, V, dtype=torch.bool)  # characters the poem already has
     z_prev, lines = None, [[] for _ in range(P)]
+    chain = run.chain.first(P) if chained(run, sc) else None   # (mean, logvar, state)
+    context = torch.zeros(P, 0, dtype=torch.long)  # the ids of the lines written so far
     # Keywords go to the first lines, one each: a keyword used twice would break the
     # poem's rule of no character used twice.
     keywords = keyword_ids(run, sc, form.lines, cycle=False) if sc.keywords else None
@@ -110,8 +114,15 @@ def _batch(run, pc, vt, P, sc, gen):
         if pc.acrostic:
             given[:, 0] = run.tokenizer.encode(pc.acrostic[i], allow_unk=False)[0]
         kw = keywords[i].expand(P) if keywords is not None else None
-        z, given = _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw)
-        ids = write_lines(run, z, sc.noise, sc, given=given, gen=gen, allowed=allowed)
+        R = min(RERANKED, pc.candidates) if chain is not None else 1
+        z, given = _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw, chain, R)
+        ids = write_lines(run, z.flatten(0, 1), sc.noise, sc, gen=gen,
+                          given=given.repeat_interleave(R, 0),
+                          allowed=allowed.repeat_interleave(R, 0))
+        z, ids = _best_written(run, z, ids, chain, context)
+        if chain is not None:  # the chain reads what was written, as in poem.chain_poems
+            chain = run.chain.next(run.model.encode(ids.to(z.device))[0].cpu(), chain[2])
+            context = torch.cat([context, ids], 1)
         for p, (row, text) in enumerate(zip(ids.tolist(), texts(run, ids))):
             lines[p].append(text)
             used[p, row[:form.chars]] = True
@@ -148,18 +159,44 @@ def _constrain(allowed, pc, vt, pattern, rhyming, group, used):
         allowed[j] = fresh if fresh.any() else allowed[j] if allowed[j].any() else True
 
 
-def _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw=None):
-    """The next z of each poem's walk: of ``pc.candidates`` steps, the one whose heads put
+# On a run with a poem chain, lines written for each line of a form, the one the chain's
+# scores rank first kept (poem.line_scores), as generate.py's free poems are.
+RERANKED = 16
+
+
+def _best_written(run, z, ids, chain, context):
+    """Of the R lines ids (P R, L) written from z (P, R, D), each poem's best by
+    poem.line_scores (the first where R is 1): (z (P, D), ids (P, L))."""
+    P, R = z.shape[:2]
+    if R == 1:
+        return z[:, 0], ids
+    mu = run.model.encode(ids.to(z.device))[0]
+    m, logvar = (x.repeat_interleave(R, 0) for x in chain[:2])
+    score = line_scores(run, ids, mu, m, logvar, context.repeat_interleave(R, 0))
+    rows = torch.arange(P) * R + score.view(P, R).argmax(1)
+    return z.flatten(0, 1)[rows], ids[rows]
+
+
+def _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw=None, chain=None, top=1):
+    """The next z (P, top, D) of each poem: of ``pc.candidates`` draws from the chain's
+    (mean, logvar, state) ``chain``, or else steps of the walk, the ``top`` whose heads put
     the most log-probability on the allowed characters and the given ones, which
     include each poem's keyword ``kw`` (P,), if any, where the steps favour it.
     Returns (z, given)."""
     P, C = allowed.shape[0], pc.candidates
     eps = prior_z(run, P * C, gen, sc).view(P, C, -1)  # around the theme, if any
-    z = eps if z_prev is None else (pc.rho * z_prev.unsqueeze(1)
-                                    + math.sqrt(1 - pc.rho ** 2) * eps)
+    if chain is not None:
+        m, logvar, _ = chain
+        z = m.unsqueeze(1) + (0.5 * logvar).exp().unsqueeze(1) * eps
+    elif z_prev is not None:
+        z = pc.rho * z_prev.unsqueeze(1) + math.sqrt(1 - pc.rho ** 2) * eps
+    else:
+        z = eps
     if kw is not None:
         given = place_keywords(run, z, given, kw, allowed)
-    return (z[:, 0] if C == 1 else pick_z(run, z, given, allowed)), given
+    if C <= top:
+        return z[:, :top], given
+    return pick_z(run, z, given, allowed, top=top).view(P, top, -1), given
 
 
 def couplets(poem):

@@ -6,6 +6,8 @@
       model.safetensors    weights of the best validation record so far, or the latest
                            with --no-keep-best (safetensors: loading never runs code)
       checkpoints/         training state for --resume: step-XXXXXXXX.pt, last K kept
+      chain.safetensors    the poem chain p(z_t | z_<t) over the lines' latents (poem.py),
+                           fitted after the line VAE; absent: each line its own z
       metrics.jsonl        one record per evaluation ("kept": its weights became the run's)
       curves.png           reconstruction, KL, beta and -ELBO against step
       summary.json         final test figures
@@ -26,7 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import TrainConfig, flag
-from .corpora import default_beta, default_units, lines_per_poem
+from .corpora import default_beta, default_poems, default_units, lines_per_poem
 from .data import load_corpus
 from .errors import UserError
 from .files import atomic_write_bytes, atomic_write_text, read_json, write_json
@@ -35,7 +37,7 @@ from .tokenizer import VOCAB, CharTokenizer, load_tokenizer, tokenizer_class
 
 CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.model", "model.safetensors"
 METRICS, SUMMARY, CKPT_DIR = "metrics.jsonl", "summary.json", "checkpoints"
-CURVES, INDEX = "curves.png", "index.safetensors"
+CURVES, INDEX, CHAIN = "curves.png", "index.safetensors", "chain.safetensors"
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Run:
     model: TextVAE
     tokenizer: CharTokenizer
     config: dict
+    chain: object = None   # poem.LatentChain where the run has one
 
     @property
     def form(self):
@@ -89,6 +92,13 @@ class Run:
         return list(write_poems(self, PoemConfig(form_named(form), rhyme, tones, acrostic),
                                 n, sc))
 
+    def continue_poem(self, first, n=1, **kw):
+        """``n`` poems that open with the line(s) ``first``, written on by the poem chain."""
+        from .decoding import SampleConfig
+        from .sampling import continued
+        first = [first] if isinstance(first, str) else list(first)
+        return list(continued(self, first, n, SampleConfig(**kw)))
+
     def reconstruct(self, lines, **kw):
         from .decoding import SampleConfig
         from .sampling import reconstruct
@@ -100,8 +110,12 @@ class Run:
         return encode(self, list(lines))
 
     def interpolate(self, a, b, steps=8, how="linear", **kw):
+        """Lines along the path between lines a and b; or, where a and b are poems (lists
+        of lines), poems whose line i walks between the poems' lines i."""
         from .decoding import SampleConfig
-        from .sampling import interpolate
+        from .sampling import interpolate, interpolate_poems
+        if isinstance(a, (list, tuple)):
+            return interpolate_poems(self, list(a), list(b), steps, how, sc=SampleConfig(**kw))
         return interpolate(self, a, b, steps, how, sc=SampleConfig(**kw))
 
     def complete(self, patterns, **kw):
@@ -200,14 +214,15 @@ def upgrade_config(config):
             section["max_chars"] = section.pop("max_len")
     model.setdefault("enc_positions", False)   # before the encoder's position vectors
     train.setdefault("units", "chars")         # before word pieces
+    train.setdefault("poems", "none")          # before the poem chain
     data.setdefault("positions", data["form"]["lengths"])  # before pieces: the same
     data.setdefault("lines_per_poem", 4)
     return config
 
 
-def save_weights(run_dir, model):
+def save_weights(run_dir, model, name=WEIGHTS):
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(Path(run_dir) / WEIGHTS, st_save(state))
+    atomic_write_bytes(Path(run_dir) / name, st_save(state))
 
 
 def read_weights(path):
@@ -257,7 +272,30 @@ def load_run(run_dir, device="cpu"):
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()
         raise UserError(f"{run_dir / WEIGHTS} does not fit config.json: {first}") from None
-    return Run(run_dir, model.to(device).eval(), tok, config)
+    return Run(run_dir, model.to(device).eval(), tok, config, load_chain(run_dir, config))
+
+
+def load_chain(run_dir, config):
+    """The run's poem chain (poem.py), or None where it has none."""
+    from .poem import ChainConfig, LatentChain
+    if "chain" not in config:
+        return None
+    chain = LatentChain(ChainConfig.from_dict(config["chain"]))
+    try:
+        chain.load_state_dict(read_weights(Path(run_dir) / CHAIN))
+    except RuntimeError as e:
+        raise UserError(f"{Path(run_dir) / CHAIN} does not fit config.json: "
+                        f"{str(e).strip().splitlines()[-1].strip()}") from None
+    return chain.eval()
+
+
+def save_chain(run_dir, chain, figures):
+    """Write the chain's weights, then its config (so config.json never names a chain
+    whose weights are not there yet)."""
+    save_weights(run_dir, chain, CHAIN)
+    config = read_json(Path(run_dir) / CONFIG)
+    config["chain"], config["chain_fit"] = chain.cfg.to_dict(), figures
+    write_json(Path(run_dir) / CONFIG, config)
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,6 +322,7 @@ def start_run(tc: TrainConfig, mc: VAEConfig, log=print):
     tc.units = tc.units if tc.units != "auto" else default_units(tc.corpus, corpus.train)
     tc.vocab_size = tc.vocab_size or VOCAB[tc.units]
     tc.beta_max = tc.beta_max or default_beta(tc.corpus)
+    tc.poems = tc.poems if tc.poems != "auto" else default_poems(tc.corpus)
     tok = tokenizer_class(tc.units).train(corpus.train, tc.vocab_size)
     # One position a character, or a piece: as many as the longest line of any split takes
     mc.vocab_size, mc.max_len = tok.vocab_size, max(

@@ -2,6 +2,7 @@
 complete. Every line is written by decoding.write_lines.
 """
 import math
+import re
 from dataclasses import replace
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from .decoding import (SampleConfig, device_of, encode_lines, gumbel_noise, given_z, pick_z,
                        texts, write_lines)
 from .errors import UserError
+from .poem import chain_poems
 from .tokenizer import PAD
 
 
@@ -84,11 +86,38 @@ def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads
         run.need_characters("--acrostic")
         lines_per_poem = len(acrostic_patterns(run, heads))
     gen = torch.Generator().manual_seed(sc.seed)
+    if chained(run, sc, heads):
+        yield from _chain_stream(run, n_poems, sc, gen, lines_per_poem)
+        return
     for todo in batch_sizes(n_poems, batch):
         lines = _new_lines(run, todo * lines_per_poem, sc, gen, heads)
         for p in range(todo):
             poem = lines[p * lines_per_poem:(p + 1) * lines_per_poem]
             yield _no_repeats(run, poem, sc, gen, heads)
+
+
+def chained(run, sc, heads=None):
+    """Whether poems come from the run's poem chain: where it has one and no acrostic,
+    keywords or theme asks for lines of its own (those write each line from its own z)."""
+    return (run.chain is not None and not sc.independent and heads is None
+            and not sc.keywords and not sc.theme)
+
+
+def continued(run, first, n_poems, sc: SampleConfig = SampleConfig()):
+    """``n_poems`` poems that open with the lines ``first``, written on by the run's
+    poem chain."""
+    if run.chain is None:
+        raise UserError(f"{run.dir} has no poem chain to continue a poem with (train one "
+                        "with --poems, e.g. train.py --corpus tang5)")
+    run.need_characters("continue")
+    yield from _chain_stream(run, n_poems, sc, torch.Generator().manual_seed(sc.seed),
+                             first=first)
+
+
+def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=(), lines_a_batch=4096):
+    """The chain's poems, as many at a time as keep ``lines_a_batch`` candidate lines."""
+    for todo in batch_sizes(n_poems, max(1, lines_a_batch // sc.line_candidates)):
+        yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first)
 
 
 FIRST_BATCH = 8  # poems; also keeps every --num up to 8 exactly as one batch wrote it
@@ -162,6 +191,22 @@ def interpolate(run, line_a, line_b, steps=8, how="linear", allow_unk=False,
     the one before, so a character changes where z has moved enough to outweigh that.
     """
     return interpolate_pairs(run, [(line_a, line_b)], steps, how, allow_unk, sc)[0]
+
+
+def interpolate_poems(run, poem_a, poem_b, steps=8, how="linear", allow_unk=False,
+                      sc: SampleConfig = SampleConfig()):
+    """Poems along the path between two poems (lists of as many lines): line i of each
+    point lies on the path between the two poems' lines i."""
+    if len(poem_a) != len(poem_b):
+        raise UserError(f"poems to interpolate need as many lines; got {len(poem_a)} and "
+                        f"{len(poem_b)}")
+    paths = interpolate_pairs(run, list(zip(poem_a, poem_b)), steps, how, allow_unk, sc)
+    return [[path[k] for path in paths] for k in range(steps)]
+
+
+def poem_lines(text):
+    """'甲，乙。丙，丁。' -> ['甲', '乙', '丙', '丁']; a line without punctuation -> [line]."""
+    return [c for c in re.split("[，。？！；,.;?!]", text) if c.strip()]
 
 
 def interpolate_pairs(run, pairs, steps=8, how="linear", allow_unk=False,

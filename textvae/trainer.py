@@ -173,7 +173,7 @@ class Trainer:
         self.total = tc.total_steps(self.per_epoch)
         self.beta = kl_schedule(self.tc, self.total)
         # A budget that has fitted a length wrote it as max_steps: a resumed run keeps it.
-        self.budget = Budget(tc.minutes * 60 if not tc.max_steps else 0, tc.eval_every)
+        self.budget = Budget(tc.line_seconds() if not tc.max_steps else 0, tc.eval_every)
         self.cycle_len = self.total / tc.kl_cycles  # as planned, before any budget cut
         if use_compile(tc.compile, self.device, self.total, self.group.active):
             self.loss_of = CompiledOrPlain(self.loss_of, log)
@@ -378,6 +378,7 @@ class Trainer:
         self.group.check_in_sync(self.model)
         rec, kl = self.group.mean(self.sums / max(self.n_sums, 1)).tolist()
         train = {"train_rec": rec, "train_kl": kl, "train_nelbo": rec + kl} if self.n_sums else {}
+        train["steps_used"] = self.n_sums  # since the last record: the rest were skipped
         self.sums, self.n_sums = torch.zeros_like(self.sums), 0
         if not self.group.main:
             return

@@ -74,6 +74,7 @@ def _write_tab(gr, run):
         acrostic = gr.Textbox(label="acrostic (first characters)", max_lines=1)
         keywords = gr.Textbox(label="keywords (月,秋)", max_lines=1)
         theme = gr.Textbox(label="theme (a line)", max_lines=1)
+        opening = gr.Textbox(label="first line(s) to continue (白日依山尽)", max_lines=1)
         top_k = gr.Number(value=0, precision=0, minimum=0, label="top-k (0: all)")
         temperature = gr.Slider(0.0, 2.0, value=for_run(run, SampleConfig()).temperature,
                                 step=0.05,
@@ -82,10 +83,14 @@ def _write_tab(gr, run):
     out = gr.Textbox(label="poems", lines=12, elem_id="poems")
 
     @readable
-    def write(form, rhyme, tones, num, seed, acrostic, keywords, theme, top_k, temperature):
+    def write(form, rhyme, tones, num, seed, acrostic, keywords, theme, top_k, temperature,
+              opening):
         kw = dict(seed=int(seed or 0), top_k=int(top_k or 0), temperature=float(temperature),
                   keywords=keywords.strip(), theme=theme.strip())
-        if form == "lines":
+        if opening.strip():
+            from .sampling import poem_lines
+            poems = run.continue_poem(poem_lines(opening), _count(num), **kw)
+        elif form == "lines":
             poems = run.poems(_count(num), acrostic=acrostic.strip(), **kw)
         else:
             from .poetry import couplets
@@ -94,7 +99,7 @@ def _write_tab(gr, run):
                                                     **kw)]
         return "\n\n".join("\n".join(p) for p in poems)
     go.click(write, [form, rhyme, tones, num, seed, acrostic, keywords, theme, top_k,
-                     temperature], out)
+                     temperature, opening], out)
 
 
 def _count(num, most=50):

@@ -1,0 +1,170 @@
+"""Write docs/results.md from run folders and bench outputs, so no figure is copied by hand.
+
+    python bench/report.py [--run runs/tang5] [--panels panels/poems-1 panels/lines-1]
+                           [--poems-json runs/bench-poems.json] [--out docs/results.md]
+                           [--readme README.md]
+
+Sections, each left out where its input is missing:
+  the default run     its summary.json (test split) and config.json (steps, minutes, the
+                      poem chain's fit)
+  blind panels        each panel's scores.json (bench/blind.py score), with the sources
+                      of its systems and 16 items of each system verbatim, as readers saw them
+  poem statistics     bench/poems.py --json
+The header names the date, the commit and the machine. With --readme, the block between
+README.md's RESULTS markers is rewritten too: the panels' means, and the run's first
+poems and an interpolation as `generate.py` writes them (seed 0).
+"""
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+RUN_ROWS = [  # (summary key, what it is)
+    ("iw_nll", "IW-NLL (nats/line)"), ("kl", "KL (nats/line)"), ("au", "active units"),
+    ("acc_mu", "char accuracy from mu"), ("exact_fit", "exact lines from fitted z"),
+    ("novel", "samples novel"), ("unique", "samples unique"),
+    ("distinct_2", "distinct-2 (samples)"), ("distinct_2_real", "distinct-2 (real lines)"),
+    ("kn_bits", "KN-3 bits/char (samples)"), ("kn_bits_real", "KN-3 bits/char (real lines)"),
+    ("interp_distinct", "interpolation distinct lines / 8"),
+    ("interp_changed", "interpolation chars changed / step"),
+    ("interp_ends", "interpolation ends reconstructed"),
+]
+
+
+def header():
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "textvae"],
+                           capture_output=True, text=True).stdout.strip()
+    import torch
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                .splitlines() if line.startswith("model name")), platform.processor()) \
+        if Path("/proc/cpuinfo").exists() else platform.processor()
+    return (f"# Results\n\nWritten by `python bench/report.py` on "
+            f"{datetime.date.today().isoformat()} at commit {commit}"
+            f"{' (textvae/ changed since)' if dirty else ''}; machine: {cpu}, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}. Every table "
+            "below is read from the run folder or bench output named above it.\n")
+
+
+def run_section(folder):
+    folder = Path(folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    tc, fit = config["train"], config.get("chain_fit")
+    lines = [f"## The default run: `{folder}`\n",
+             f"`python train.py` (corpus {config['data']['corpus']}, --minutes "
+             f"{tc['minutes']:g}): {summary['steps']:,} steps in {summary['train_s']:.0f} s "
+             f"of training, test split ({summary.get('lines', '?')} lines).\n"]
+    if fit:
+        lines.append(f"Poem chain (--poems {tc.get('poems')}): {fit['stanzas']:,} stanzas "
+                     f"encoded, {fit['steps']:,} steps in {fit['seconds']} s; a line's z on "
+                     f"held-out stanzas {fit['valid_nll']} nats under the chain, "
+                     f"{fit['valid_nll_independent']} as independent lines.\n")
+    lines += ["| figure | value |", "| --- | --- |"]
+    lines += [f"| {what} | {_fmt(summary[key])} |" for key, what in RUN_ROWS if key in summary]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v):
+    return f"{v:,.3f}" if isinstance(v, float) else str(v)
+
+
+def panel_section(folder, shown=16):
+    from blind import format_scores
+    folder = Path(folder)
+    res = json.loads((folder / "scores.json").read_text())
+    key = json.loads((folder / "key.json").read_text())
+    out = [f"## Blind panel `{folder.name}` ({res['kind']})\n",
+           f"{len(res['readers'])} readers, each given only the pack and the rubric "
+           f"(bench/blind.py), {key['n']} items a system; mean ± standard error over items "
+           "(each item's mean over readers), 1-5.\n", format_scores(res, markdown=True), "",
+           "Systems: " + "; ".join(f"{k} = `{v}`" for k, v in res["sources"].items()) + ".\n"]
+    for system in res["systems"]:
+        items = [it["text"] for it in key["items"] if it["system"] == system][:shown]
+        body = ("\n\n".join("\n".join(p) for p in items) if res["kind"] == "poems"
+                else "  ".join(items))
+        out.append(f"**{system}** (as the readers saw them):\n\n```text\n{body}\n```\n")
+    return "\n".join(out)
+
+
+def poems_section(path):
+    data = json.loads(Path(path).read_text())
+    cols = ["thread_margin", "kn_bits", "distinct_2", "novel", "unique", "overlap",
+            "well_formed"]
+    out = [f"## Poem statistics: `python bench/poems.py --poems {data['poems']}`\n",
+           "Judges fitted on quatrain5's training poems. thread_margin: how much more a "
+           "poem's lines belong together (character PMI across lines) than the same "
+           "system's lines re-dealt at random. The default's line choice scores candidates "
+           "by a PMI table of the same kind (fitted on stanza5), so its margin is no longer "
+           "an independent judge: the blind panels are.\n",
+           "| system | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+    out += [f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |"
+            for name, r in data["rows"]]
+    return "\n".join(out) + "\n"
+
+
+MARKERS = ("<!-- RESULTS: written by bench/report.py -->", "<!-- /RESULTS -->")
+
+
+def readme_block(run_dir, panels):
+    """The README's results: each panel's table, then poems and a path of the run."""
+    from blind import format_scores
+    from textvae.run import load_run
+    out = []
+    for folder in panels:
+        res = json.loads((Path(folder) / "scores.json").read_text())
+        out += [f"Blind panel `{Path(folder).name}`: {len(res['readers'])} readers, "
+                f"{res['kind']} rated 1-5 ({', '.join(res['questions'])}):\n",
+                format_scores(res, markdown=True), ""]
+    run = load_run(run_dir)
+    poems = run.poems(4, seed=0)
+    path = run.interpolate("白日依山尽", "床前明月光", steps=8, how="linear")
+    out += [f"`python generate.py` (`{run_dir}`, seed 0):\n", "```text",
+            "\n\n".join("\n".join(p) for p in poems), "```", "",
+            "`python generate.py interpolate 白日依山尽 床前明月光 --how linear`:\n",
+            "```text", " -> ".join(path), "```"]
+    return "\n".join(out)
+
+
+def write_readme(path, block):
+    text = Path(path).read_text(encoding="utf-8")
+    start, end = (text.find(m) for m in MARKERS)
+    if start < 0 or end < start:
+        raise SystemExit(f"report.py: {path} lacks the markers {MARKERS}")
+    text = text[:start + len(MARKERS[0])] + "\n" + block + "\n" + text[end:]
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="runs/tang5")
+    p.add_argument("--panels", nargs="*", default=[])
+    p.add_argument("--poems-json", default="runs/bench-poems.json")
+    p.add_argument("--out", default="docs/results.md")
+    p.add_argument("--readme", help="also rewrite this README's RESULTS block")
+    args = p.parse_args(argv)
+    parts = [header()]
+    if (Path(args.run) / "summary.json").exists():
+        parts.append(run_section(args.run))
+    parts += [panel_section(f) for f in args.panels if (Path(f) / "scores.json").exists()]
+    if Path(args.poems_json).exists():
+        parts.append(poems_section(args.poems_json))
+    Path(args.out).write_text("\n".join(parts), encoding="utf-8")
+    print(f"{args.out}: {len(parts) - 1} sections")
+    if args.readme:
+        panels = [f for f in args.panels if (Path(f) / "scores.json").exists()]
+        write_readme(args.readme, readme_block(args.run, panels))
+        print(f"{args.readme}: results block rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The poem chain (poem.py): p(z_t | z_<t) over the lines' latents, fitted on stanzas
+with the line VAE frozen, saved in the run folder, and used to write and continue poems."""
+import json
+
+import pytest
+import torch
+
+from textvae.errors import UserError
+from textvae.poem import (ChainConfig, LatentChain, association, association_bits, fit_chain,
+                          log_density, read_stanzas)
+from textvae.run import CHAIN, load_run, save_chain
+
+from .conftest import POEM_LINES, copy_run_files, run_cli, write_corpus
+from .test_cli import TINY, assert_one_line_error
+
+QUATRAINS = [POEM_LINES[:4], POEM_LINES[4:]]
+
+
+@pytest.fixture(scope="module")
+def chained_run(overfit_run, tmp_path_factory):
+    folder = copy_run_files(overfit_run.dir, tmp_path_factory.mktemp("chain") / "run")
+    chain, figures = fit_chain(load_run(folder), QUATRAINS * 100, QUATRAINS, seconds=6,
+                               log=lambda *a: None)
+    save_chain(folder, chain, figures)
+    return load_run(folder)
+
+
+def test_the_chain_writes_on_the_poems_it_was_fitted_on(chained_run):
+    # One candidate a line: the chain's own draws, not the line choice, write the poem.
+    for first, rest in ((POEM_LINES[0], POEM_LINES[1:4]), (POEM_LINES[4], POEM_LINES[5:])):
+        for poem in chained_run.continue_poem(first, n=3, seed=1, line_candidates=1):
+            assert poem == [first, *rest]
+    fit = chained_run.config["chain_fit"]
+    assert fit["valid_nll"] < fit["valid_nll_independent"] - 1, fit
+
+
+def test_association_prefers_characters_of_the_same_stanza():
+    stanzas = torch.tensor([[[4, 5], [6, 7]], [[8, 9], [10, 11]]]).repeat(30, 1, 1)
+    assoc, log_unigram = association(stanzas, 12, min_lines=1)
+    line = torch.tensor([[4, 5]])
+    own, other = association_bits(assoc, line, torch.tensor([[6, 7]])), \
+        association_bits(assoc, line, torch.tensor([[10, 11]]))
+    assert own.item() > 0 > other.item()
+    same = torch.tensor([[4, 4]])
+    assert association_bits(assoc, same, same).item() == 0  # a repeat is no association
+    assert torch.allclose(log_unigram[4:].exp().sum(), torch.tensor(1.0))
+
+
+def test_independent_lines_do_not_follow_each_other(chained_run):
+    poems = chained_run.poems(12, seed=2, independent=True)
+    assert any(p not in QUATRAINS for p in poems)
+
+
+def test_the_chain_density_is_a_diagonal_gaussian():
+    z, m, logvar = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    want = torch.distributions.Normal(m, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    assert torch.allclose(log_density(z, m, logvar), want, atol=1e-5)
+
+
+def test_a_line_is_drawn_only_from_the_lines_before_it():
+    chain = LatentChain(ChainConfig(latent=4, hidden=8)).eval()
+    z = torch.randn(1, 4, 4)
+    later = z.clone()
+    later[0, 2:] += 5.0
+    with torch.no_grad():
+        a, b = chain(z)[0], chain(later)[0]
+    assert torch.equal(a[0, :3], b[0, :3]) and not torch.allclose(a[0, 3], b[0, 3])
+
+
+def test_the_chain_loads_back_and_a_missing_file_is_one_clear_error(chained_run, tmp_path):
+    again = load_run(chained_run.dir)
+    for k, v in chained_run.chain.state_dict().items():
+        assert torch.equal(v, again.chain.state_dict()[k])
+    broken = copy_run_files(chained_run.dir, tmp_path / "broken")
+    (broken / CHAIN).unlink()
+    with pytest.raises(UserError, match="missing weights file"):
+        load_run(broken)
+
+
+def test_stanzas_of_another_shape_are_left_out(tmp_path):
+    f = write_corpus(tmp_path / "poems.txt", ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
+                                              "床前明月光，疑是地上霜。", "春眠不觉晓，处处闻啼鸟。夜来，花落。"])
+    assert read_stanzas(f, 4, {5}) == [POEM_LINES[:4]]
+
+
+@pytest.mark.slow
+def test_train_with_poems_saves_a_chain_that_generate_continues(tmp_path):
+    corpus = write_corpus(tmp_path / "lines.txt", POEM_LINES * 2)
+    stanzas = write_corpus(tmp_path / "stanzas.txt",
+                           ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
+                            "床前明月光，疑是地上霜。春眠不觉晓，处处闻啼鸟。"] * 60)
+    r = run_cli("train.py", "--corpus", corpus, "--out", tmp_path / "run", *TINY,
+                "--poems", stanzas, "--poem-minutes", "0.05", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / CHAIN).exists()
+    assert "chain" in json.loads((tmp_path / "run" / "config.json").read_text())
+    r = run_cli("generate.py", "--run", tmp_path / "run", "continue", "白日依山尽", "--num", "2")
+    assert r.returncode == 0, r.stderr
+    poems = r.stdout.strip().split("\n\n")
+    assert len(poems) == 2 and all(p.splitlines()[0] == "白日依山尽" and len(p.splitlines()) == 4
+                                   for p in poems)
+    r = run_cli("generate.py", "--run", tmp_path / "run", "continue", "白日依山尽", "黄河入海流",
+                "欲穷千里目", "更上一层楼")
+    assert_one_line_error(r, "nothing left to write")

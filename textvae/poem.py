@@ -1,0 +1,337 @@
+"""Whole poems: each line written from its own z, the z's of a poem chained.
+
+    z_1 = m_1 + s_1 * eps_1
+    z_t = m_t(z_<t) + s_t(z_<t) * eps_t,        eps_t ~ N(0, I)
+    line_t = write_lines(z_t)                    (the line VAE's decoding path)
+
+The line VAE is untouched, so reconstruction, interpolation and completion of a line
+stay what they were. What is new is a transition p(z_t | z_<t): a GRU over the latents
+of the lines before (VHRED, Serban et al. 2017, with the line VAE's encoder as the
+utterance encoder), fitted by maximum likelihood to z ~ q(z|x) of the lines of real
+stanzas while the line VAE stays frozen. A poem is still written from N(0, I) noise,
+and a line from its own z; the transition only decides where in the latent space the
+next line is drawn, given what the poem has said.
+
+Writing, each line is chosen among ``candidates`` drawn from p(z_t | z_<t): the one the
+model finds most likely as a line (its refiner read as a plain language model, at noise
+1) and as the next line of this poem (the transition's density at the line's encoded
+mu). Jiuge re-ranks candidate lines the same way (Yi et al. 2019); Shu et al. 2020 found
+latent search with rescoring worth most of the gap to an autoregressive model.
+"""
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from .errors import UserError
+
+
+@dataclass
+class ChainConfig:
+    latent: int = 64          # the line VAE's z; set from it
+    hidden: int = 512         # GRU units: the poem's state after each line
+    layers: int = 1
+    lines: int = 4            # lines of the training stanzas (the poems it writes)
+    vocab: int = 0            # the line VAE's ids: the association table is (vocab, vocab)
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise UserError(f"config has unknown chain settings: {sorted(unknown)}")
+        return cls(**d)
+
+
+class LatentChain(nn.Module):
+    """p(z_t | z_<t) = N(m_t, diag(s_t^2)), from a GRU that has read z_1 .. z_(t-1)."""
+
+    def __init__(self, cfg: ChainConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.start = nn.Parameter(torch.zeros(cfg.latent))  # what the GRU reads before line 1
+        self.gru = nn.GRU(cfg.latent, cfg.hidden, cfg.layers, batch_first=True)
+        self.head = nn.Linear(cfg.hidden, 2 * cfg.latent)
+        # assoc[c, d]: PMI in bits of character d in another line of a stanza given c in
+        # this one (``association``); log_unigram[d]: log p(d) in nats.
+        self.register_buffer("assoc", torch.zeros(cfg.vocab, cfg.vocab))
+        self.register_buffer("log_unigram", torch.zeros(cfg.vocab))
+
+    def params(self, out):
+        """GRU outputs (..., H) -> mean, logvar (..., D) of the next z."""
+        m, logvar = self.head(out).chunk(2, -1)
+        return m, logvar.clamp(-8.0, 4.0)
+
+    def forward(self, z):
+        """z (B, T, D): a poem's latents -> mean, logvar (B, T, D) of p(z_t | z_<t)."""
+        before = torch.cat([self.start.expand(len(z), 1, -1), z[:, :-1]], 1)
+        out, _ = self.gru(before)
+        return self.params(out)
+
+    def first(self, n):
+        """Mean, logvar (n, D) of p(z_1), and the GRU state to carry on from."""
+        out, h = self.gru(self.start.expand(n, 1, -1))
+        return (*self.params(out[:, 0]), h)
+
+    def next(self, z, h):
+        """After line latents z (n, D) and state h: mean, logvar of the next z, new state."""
+        out, h = self.gru(z.unsqueeze(1), h)
+        return (*self.params(out[:, 0]), h)
+
+
+def log_density(z, m, logvar):
+    """log N(z; m, diag(exp(logvar))), summed over the last dimension."""
+    return -0.5 * (logvar + (z - m).pow(2) / logvar.exp() + math.log(2 * math.pi)).sum(-1)
+
+
+def nll_per_line(chain, mu, logvar, gen=None):
+    """Nats a line of z ~ q(z|x) under the chain, and under N(0, I) (independent lines):
+    their difference is what the chain knows of a line from the lines before it."""
+    z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen)
+    m, lv = chain(z)
+    return -log_density(z, m, lv).mean(), -log_density(z, torch.zeros_like(z),
+                                                       torch.zeros_like(z)).mean()
+
+
+# ---------------------------------------------------------------------------------------
+# Which characters go together in a stanza
+
+def association(ids, vocab, shrink=20.0, min_lines=20, chunk=20_000):
+    """(assoc (V, V) in bits, log_unigram (V,) in nats) from stanza ids (N, T, L).
+
+    assoc[c, d] = log2 p(d in another line | c in this one) / p(d), counted over every
+    ordered pair of lines of a stanza, each conditional shrunk toward p(d) by ``shrink``
+    pseudo-counts; 0 for characters in fewer than ``min_lines`` lines and for the
+    special ids (below 4), so they neither help nor hurt a line."""
+    N, T, L = ids.shape
+    pairs = torch.zeros(vocab * vocab, dtype=torch.float64)
+    for s in range(0, N, chunk):
+        x = ids[s:s + chunk]
+        for i in range(T):
+            for j in range(T):
+                if i != j:
+                    key = x[:, i, :, None] * vocab + x[:, j, None, :]          # (n, L, L)
+                    pairs += torch.bincount(key.flatten(), minlength=vocab * vocab)
+    pairs = pairs.view(vocab, vocab)
+    other = pairs.sum(0)
+    p_d = other / other.sum()
+    ctx = pairs.sum(1, keepdim=True)
+    assoc = torch.log2((pairs + shrink * p_d) / (ctx + shrink) / p_d.clamp(min=1e-12))
+    lines = torch.bincount(ids.flatten(), minlength=vocab).double()
+    rare = lines < min_lines
+    rare[:4] = True
+    assoc[rare] = 0.0
+    assoc[:, rare] = 0.0
+    return assoc.float(), torch.log(p_d.clamp(min=1e-9)).float()
+
+
+def association_bits(assoc, line, context):
+    """Mean assoc (n,) of the characters of ``line`` (n, L) with those of ``context``
+    (n, M) ids: how much this line belongs with the lines before it."""
+    pairs = (line.unsqueeze(-1), context.unsqueeze(1))
+    # A character does not go with itself: repeating one is not a theme (real quatrains
+    # share 1.8% of their characters between neighbouring lines).
+    table = assoc[pairs].masked_fill(pairs[0] == pairs[1], 0.0)               # (n, L, M)
+    counted = (table != 0).sum((1, 2)).clamp(min=1)
+    return table.sum((1, 2)) / counted
+
+
+# ---------------------------------------------------------------------------------------
+# Fitting, the line VAE frozen
+
+def stanza_lines(text):
+    """'甲，乙。丙，丁。' -> ['甲', '乙', '丙', '丁']."""
+    return [c for c in text.replace("。", "，").split("，") if c]
+
+
+@torch.no_grad()
+def encode_stanzas(run, stanzas, seconds, batch=2048):
+    """mu, logvar (N, T, D) of the lines of ``stanzas`` (lists of T lines), as many
+    stanzas as the line encoder gets through in ``seconds`` (at least one batch)."""
+    mus, logvars, t0, done = [], [], time.time(), 0
+    per = max(1, batch // len(stanzas[0]))
+    while done < len(stanzas) and (done == 0 or time.time() - t0 < seconds):
+        chunk = stanzas[done:done + per]
+        flat = [line for s in chunk for line in s]
+        idx = torch.tensor([run.tokenizer.encode(x, run.max_len, allow_unk=True)
+                            for x in flat], dtype=torch.long)
+        mu, logvar = run.model.encode(idx)
+        mus.append(mu.view(len(chunk), -1, mu.shape[-1]))
+        logvars.append(logvar.view(len(chunk), -1, mu.shape[-1]))
+        done += len(chunk)
+    return torch.cat(mus), torch.cat(logvars)
+
+
+def read_stanzas(path, lines, lengths):
+    """The stanzas of a file of poems ('甲，乙。丙，丁。' a line) with ``lines`` clauses,
+    each of one of the run's line ``lengths`` (characters)."""
+    out = []
+    for text in path.read_text(encoding="utf-8").splitlines():
+        s = stanza_lines(text.strip())
+        if len(s) == lines and all(len(x) in lengths for x in s):
+            out.append(s)
+    return out
+
+
+def fit_chain(run, train, valid, seconds, log=print, seed=0, batch=256, lr=2e-3):
+    """A LatentChain fitted to the stanzas ``train`` (lists of lines) in about ``seconds``:
+    a third of them encoding, the rest training. Returns (chain, figures)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    train = rng.sample(train, len(train))
+    t0 = time.time()
+    mu, logvar = encode_stanzas(run, train, seconds / 3)
+    vmu, vlogvar = encode_stanzas(run, valid[:2000], seconds)
+    cfg = ChainConfig(latent=mu.shape[-1], lines=mu.shape[1], vocab=run.model.cfg.vocab_size)
+    chain = LatentChain(cfg)
+    ids = torch.tensor([[run.tokenizer.encode(x, run.max_len, allow_unk=True) for x in st]
+                        for st in train], dtype=torch.long)
+    chain.assoc, chain.log_unigram = association(ids, cfg.vocab)
+    opt = torch.optim.Adam(chain.parameters(), lr=lr)
+    steps, gen = 0, torch.Generator().manual_seed(seed)
+    while time.time() - t0 < seconds:
+        pick = torch.randint(len(mu), (batch,), generator=gen)
+        loss, _ = nll_per_line(chain, mu[pick], logvar[pick], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+    chain.eval()
+    with torch.no_grad():
+        nll, prior = nll_per_line(chain, vmu, vlogvar, torch.Generator().manual_seed(1))
+    figures = {"stanzas": len(mu), "steps": steps, "seconds": round(time.time() - t0, 1),
+               "valid_nll": round(nll.item(), 2), "valid_nll_independent": round(prior.item(), 2)}
+    log(f"poem chain: {len(mu):,} stanzas encoded, {steps:,} steps in {figures['seconds']} s; "
+        f"valid z of a line {figures['valid_nll']} nats under the chain, "
+        f"{figures['valid_nll_independent']} as independent lines")
+    return chain, figures
+
+
+# ---------------------------------------------------------------------------------------
+# Writing poems
+
+@torch.no_grad()
+def line_lm_nats(model, ids):
+    """log p(line) (B,) under the refiner read as a plain language model: at noise 1 it
+    was trained on a z that is pure noise, so there it writes from the characters alone;
+    z = 0, the noise's mean, makes the score the same on every call."""
+    z = torch.zeros(len(ids), model.cfg.latent, device=ids.device)
+    logits = model.refiner(ids, z, torch.ones(len(ids), device=ids.device),
+                           model.decoder.features(z))
+    logp = torch.log_softmax(logits.float(), -1)
+    return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
+def _chosen(scores, written, poems_so_far):
+    """Index (n,) of each poem's best candidate, never a line the poem already has.
+    scores (n, K); written[i][k] the text of poem i's candidate k."""
+    scores = scores.clone()
+    for i, lines in enumerate(poems_so_far):
+        for k, text in enumerate(written[i]):
+            if text in lines:
+                scores[i, k] = float("-inf")
+    return scores.argmax(1)
+
+
+# How a candidate line is scored: log p(line) under the refiner read as a language model,
+# less "unigram" times its characters' log p (frequent characters alone make a line
+# likely, and a poem of them reads empty), plus "chain" times the chain's log density of
+# its encoded mu, plus "assoc" times its mean association (bits) with the lines before
+# it. Chosen by reading and by bench/poems.py (docs/poems.md): the chain's density adds
+# nothing the association does not, and lowers the lines' thread.
+WEIGHTS = {"unigram": 1.0, "chain": 0.0, "assoc": 60.0}
+
+
+def line_scores(run, ids, mu, m, logvar, context):
+    """Score (B,) of candidate lines ids (B, L) with encoded ``mu``, drawn from the
+    chain's (m, logvar) (B, D), after the lines ``context`` (B, M) ids (M may be 0)."""
+    chain, w = run.chain, WEIGHTS
+    ids = ids.to(mu.device)
+    score = line_lm_nats(run.model, ids).cpu()
+    score -= w["unigram"] * chain.log_unigram[ids.cpu()].sum(-1)
+    if w["chain"]:
+        score += w["chain"] * log_density(mu.cpu(), m, logvar)
+    if context.shape[1] and w["assoc"]:
+        score += w["assoc"] * association_bits(chain.assoc, ids.cpu(), context)
+    return score
+
+
+@torch.no_grad()
+def chain_poems(run, n, sc, gen, candidates=16, n_lines=None, first=()):
+    """``n`` poems of ``n_lines`` lines, each line the best of ``candidates`` drawn from
+    the run's chain (module docstring); with ``first``, poems that open with those
+    lines, the chain reading them as it reads lines it wrote."""
+    from .decoding import encode_lines, texts, write_lines
+    chain, model, K = run.chain, run.model, max(1, candidates)
+    n_lines = n_lines or chain.cfg.lines
+    if len(first) >= n_lines:
+        raise UserError(f"a poem of {n_lines} lines has nothing left to write after "
+                        f"{len(first)} given lines")
+    m, logvar, h = chain.first(n)
+    context = torch.zeros(n, 0, dtype=torch.long)
+    if first:
+        given = encode_lines(run, list(first))
+        for mu in model.encode(given)[0].cpu():
+            m, logvar, h = chain.next(mu.expand(n, -1), h)
+        context = given.cpu().flatten().expand(n, -1)
+    poems = [list(first) for _ in range(n)]
+    for _ in range(n_lines - len(first)):
+        eps = torch.randn(n, K, m.shape[-1], generator=gen)
+        z = (m.unsqueeze(1) + (0.5 * logvar).exp().unsqueeze(1) * eps).flatten(0, 1)
+        ids = write_lines(run, z, sc.noise, sc, gen=gen)                     # (n K, L)
+        mu = model.encode(ids.to(z.device))[0]
+        score = line_scores(run, ids, mu, m.repeat_interleave(K, 0),
+                            logvar.repeat_interleave(K, 0), context.repeat_interleave(K, 0))
+        written = texts(run, ids)
+        pick = _chosen(score.view(n, K), [written[i * K:(i + 1) * K] for i in range(n)], poems)
+        rows = torch.arange(n) * K + pick
+        for i, r in enumerate(rows.tolist()):
+            poems[i].append(written[r])
+        context = torch.cat([context, ids[rows]], 1)
+        m, logvar, h = chain.next(mu[rows].cpu(), h)
+    return poems
+
+
+# ---------------------------------------------------------------------------------------
+# A run's chain, from train.py
+
+def stanza_splits(spec, data_dir, lines, lengths):
+    """(train, valid) stanzas of a recipe (prepared as every corpus is) or of a file of
+    poems, split by each stanza's hash as corpus lines are."""
+    from pathlib import Path
+    from .corpora import RECIPES, prepare, split_of
+    if spec in RECIPES and not Path(spec).exists():
+        folder = prepare(spec, data_dir)
+        return tuple(read_stanzas(folder / f"{s}.txt", lines, lengths) for s in ("train", "valid"))
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"--poems: no recipe or file named {spec!r}")
+    every = read_stanzas(path, lines, lengths)
+    split = [split_of("，".join(s)) for s in every]
+    train = [s for s, k in zip(every, split) if k == "train"]
+    valid = [s for s, k in zip(every, split) if k != "train"] or train[:100]
+    return train, valid
+
+
+def fit_run_chain(run_dir, log=print):
+    """Fit the chain of the run in ``run_dir`` on its --poems stanzas and save it there;
+    nothing where --poems is none."""
+    from .run import load_run, read_saved_config, save_chain
+    tc = read_saved_config(run_dir)["train"]
+    if tc.get("poems", "none") == "none":
+        return None
+    run = load_run(run_dir)
+    if run.tokenizer.units != "chars":
+        raise UserError("--poems chains lines of characters; this run's positions hold word pieces")
+    train, valid = stanza_splits(tc["poems"], tc["data_dir"], 4, set(run.form.lengths))
+    if len(train) < 100:
+        raise UserError(f"--poems {tc['poems']}: {len(train)} stanzas of four lines of "
+                        f"{run.form.lengths} characters; the chain needs at least 100")
+    chain, figures = fit_chain(run, train, valid, tc["poem_minutes"] * 60, log, tc["seed"])
+    save_chain(run_dir, chain, figures)
+    return figures
