@@ -11,13 +11,15 @@ Sections, each left out where its input is missing:
                       of its systems and 16 items of each system verbatim, as readers saw them
   poem statistics     bench/poems.py --json
 The header names the date, the commit and the machine. With --readme, the block between
-README.md's RESULTS markers is rewritten too: the panels' means, and the run's first
-poems and an interpolation as `generate.py` writes them (seed 0).
+README.md's RESULTS markers is rewritten too: the first two panels' means, the run's training
+curves (copied to docs/curves.png), and its first poems and an interpolation as
+`generate.py` writes them (seed 0).
 """
 import argparse
 import datetime
 import json
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +89,8 @@ def panel_section(folder, shown=16):
            f"(bench/blind.py), {key['n']} items a system; mean ± standard error over items "
            "(each item's mean over readers), 1-5.\n", format_scores(res, markdown=True), "",
            "Systems: " + "; ".join(f"{k} = `{v}`" for k, v in res["sources"].items()) + ".\n"]
+    if key.get("settings"):  # written into key.json by whoever made the panel
+        out.append(f"Written with: {key['settings']}.\n")
     for system in res["systems"]:
         items = [it["text"] for it in key["items"] if it["system"] == system][:shown]
         body = ("\n\n".join("\n".join(p) for p in items) if res["kind"] == "poems"
@@ -124,6 +128,9 @@ def readme_block(run_dir, panels):
         out += [f"Blind panel `{Path(folder).name}`: {len(res['readers'])} readers, "
                 f"{res['kind']} rated 1-5 ({', '.join(res['questions'])}):\n",
                 format_scores(res, markdown=True), ""]
+    shutil.copyfile(Path(run_dir) / "curves.png", ROOT / "docs" / "curves.png")
+    out += [f"Training curves of `{run_dir}` (its curves.png, copied to docs/):\n",
+            "![training curves](docs/curves.png)\n"]
     run = load_run(run_dir)
     poems = run.poems(4, seed=0)
     path = run.interpolate("白日依山尽", "床前明月光", steps=8, how="linear")
@@ -161,7 +168,7 @@ def main(argv=None):
     print(f"{args.out}: {len(parts) - 1} sections")
     if args.readme:
         panels = [f for f in args.panels if (Path(f) / "scores.json").exists()]
-        write_readme(args.readme, readme_block(args.run, panels))
+        write_readme(args.readme, readme_block(args.run, panels[:2]))  # the newest two
         print(f"{args.readme}: results block rewritten")
     return 0
 

@@ -31,11 +31,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from textvae.config import TrainConfig, configs  # noqa: E402
+from textvae.config import configs  # noqa: E402
 from textvae.data import load_corpus  # noqa: E402
 from textvae.evaluate import iw_nll, log_normal  # noqa: E402
 from textvae.model import TextVAE  # noqa: E402
-from textvae.tokenizer import CharTokenizer  # noqa: E402
+from textvae.tokenizer import VOCAB, CharTokenizer  # noqa: E402
 from textvae.batches import TokenIds, cache_file, epoch_order  # noqa: E402
 from textvae.device import compiled, resolve_device, use_amp  # noqa: E402
 
@@ -197,7 +197,7 @@ def child(argv):
     t = time.perf_counter()
     if kind == "prepare":
         corpus = load_corpus(str(path))
-        tok = CharTokenizer.train(corpus.train, TrainConfig().vocab_size)
+        tok = CharTokenizer.train(corpus.train, VOCAB["chars"])
         ids = cache_file(corpus, tok, corpus.max_chars, folder=path.parent)
         out = {"ids": str(ids), "max_len": corpus.max_chars, "vocab": tok.vocab_size,
                "s": time.perf_counter() - t}
@@ -269,7 +269,7 @@ def main():
     device = resolve_device("auto")
     amp = use_amp("auto", device)
     corpus = load_corpus(args.corpus)
-    tok = CharTokenizer.train(corpus.train, TrainConfig().vocab_size)
+    tok = CharTokenizer.train(corpus.train, VOCAB["chars"])
     data = torch.from_numpy(tok.encode_batch(corpus.train, corpus.max_chars))
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, device {device}, bf16 autocast {amp}; "

@@ -148,6 +148,13 @@ class Budget:
         return min(total, smallest(max(step, step + int(left / per_step))))
 
 
+    def label(self, minutes):
+        """'--minutes M', with the line model's share where the poem chain takes some."""
+        share = self.seconds / 60
+        return f"--minutes {minutes:g}" + (
+            f" ({share:.3g} of them the line model's)" if share < minutes else "")
+
+
 # ---------------------------------------------------------------------------------------
 # The loop
 
@@ -321,7 +328,7 @@ class Trainer:
         # A cut run keeps the planned length of a KL cycle, in fewer cycles: squeezing
         # the cycles leaves too few steps at full KL weight to learn a code.
         cycles = max(1, round(fits / self.cycle_len))
-        self.log(f"\n--minutes {self.tc.minutes:g}: at {self.budget.per_step:.2f} s a step, "
+        self.log(f"\n{self.budget.label(self.tc.minutes)}: at {self.budget.per_step:.2f} s a step, "
                  f"{fits} of the planned {self.total} steps fit, in {cycles} KL cycle(s) "
                  f"(--minutes 0 trains them all)")
         self.total = self.tc.max_steps = fits
