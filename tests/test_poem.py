@@ -19,8 +19,8 @@ QUATRAINS = [POEM_LINES[:4], POEM_LINES[4:]]
 @pytest.fixture(scope="module")
 def chained_run(overfit_run, tmp_path_factory):
     folder = copy_run_files(overfit_run.dir, tmp_path_factory.mktemp("chain") / "run")
-    chain, figures = fit_chain(load_run(folder), QUATRAINS * 100, QUATRAINS, seconds=6,
-                               log=lambda *a: None)
+    chain, figures = fit_chain(load_run(folder), QUATRAINS * 100, QUATRAINS, seconds=60,
+                               log=lambda *a: None, steps=400)  # steps: not the clock
     save_chain(folder, chain, figures)
     return load_run(folder)
 

@@ -5,9 +5,25 @@ decide how it is trained. Both are saved in the run folder's config.json. Each f
 comment is its ``--flag`` help in train.py.
 """
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 from .errors import UserError
+
+
+class Saved:
+    """A config dataclass that config.json stores as a section and reads back; a key it
+    does not know is refused (a run from a newer version, or a mistyped edit)."""
+    SECTION = "model"
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise UserError(f"config has unknown {cls.SECTION} settings: {sorted(unknown)}")
+        return cls(**d)
 
 
 @dataclass

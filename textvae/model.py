@@ -33,18 +33,19 @@ References
 - Shu et al. 2020, Latent-Variable Non-Autoregressive Neural Machine Translation.
 - Ho et al. 2020 / Rombach et al. 2022: noise-level-conditioned denoising of a latent.
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import Saved
 from .errors import UserError
 from .tokenizer import PAD
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(Saved):
     vocab_size: int = 4000   # characters + 4 specials; set from the tokenizer
     max_len: int = 5         # L: positions the decoder emits; set from the corpus
     encoder: str = "gcnn"    # "gcnn" (gated convolutions) or "lstm" (bidirectional)
@@ -88,15 +89,6 @@ class VAEConfig:
             raise UserError("--refiner-layers must be >= 0 and --refiner-dim a multiple of "
                             f"--refiner-heads (got {self.refiner_dim} and {self.refiner_heads})")
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise UserError(f"config has unknown model settings: {sorted(unknown)}")
-        return cls(**d)
 
 
 # ---------------------------------------------------------------------------------------

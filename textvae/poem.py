@@ -21,31 +21,24 @@ latent search with rescoring worth most of the gap to an autoregressive model.
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from .config import Saved
 from .errors import UserError
 
 
 @dataclass
-class ChainConfig:
+class ChainConfig(Saved):
+    SECTION = "chain"
     latent: int = 64          # the line VAE's z; set from it
     hidden: int = 512         # GRU units: the poem's state after each line
     layers: int = 1
     lines: int = 4            # lines of the training stanzas (the poems it writes)
     vocab: int = 0            # the line VAE's ids: the association table is (vocab, vocab)
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise UserError(f"config has unknown chain settings: {sorted(unknown)}")
-        return cls(**d)
 
 
 class LatentChain(nn.Module):
@@ -178,9 +171,10 @@ def read_stanzas(path, lines, lengths):
     return out
 
 
-def fit_chain(run, train, valid, seconds, log=print, seed=0, batch=256, lr=2e-3):
+def fit_chain(run, train, valid, seconds, log=print, seed=0, batch=256, lr=2e-3, steps=0):
     """A LatentChain fitted to the stanzas ``train`` (lists of lines) in about ``seconds``:
-    a third of them encoding, the rest training. Returns (chain, figures)."""
+    a third of them encoding, the rest training (``steps`` > 0: exactly that many
+    steps, whatever the clock). Returns (chain, figures)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     train = rng.sample(train, len(train))
@@ -193,20 +187,20 @@ def fit_chain(run, train, valid, seconds, log=print, seed=0, batch=256, lr=2e-3)
                         for st in train], dtype=torch.long)
     chain.assoc, chain.log_unigram = association(ids, cfg.vocab)
     opt = torch.optim.Adam(chain.parameters(), lr=lr)
-    steps, gen = 0, torch.Generator().manual_seed(seed)
-    while time.time() - t0 < seconds:
+    steps_done, gen = 0, torch.Generator().manual_seed(seed)
+    while (steps_done < steps) if steps else (time.time() - t0 < seconds):
         pick = torch.randint(len(mu), (batch,), generator=gen)
         loss, _ = nll_per_line(chain, mu[pick], logvar[pick], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        steps += 1
+        steps_done += 1
     chain.eval()
     with torch.no_grad():
         nll, prior = nll_per_line(chain, vmu, vlogvar, torch.Generator().manual_seed(1))
-    figures = {"stanzas": len(mu), "steps": steps, "seconds": round(time.time() - t0, 1),
+    figures = {"stanzas": len(mu), "steps": steps_done, "seconds": round(time.time() - t0, 1),
                "valid_nll": round(nll.item(), 2), "valid_nll_independent": round(prior.item(), 2)}
-    log(f"poem chain: {len(mu):,} stanzas encoded, {steps:,} steps in {figures['seconds']} s; "
+    log(f"poem chain: {len(mu):,} stanzas encoded, {steps_done:,} steps in {figures['seconds']} s; "
         f"valid z of a line {figures['valid_nll']} nats under the chain, "
         f"{figures['valid_nll_independent']} as independent lines")
     return chain, figures
