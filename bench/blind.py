@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from textvae.poem import clauses  # noqa: E402
 
 RUBRICS = {
     "poems": {
@@ -77,11 +78,6 @@ def _held_out(recipe, kind):
     text = [line.strip() for s in ("valid", "test") if s == "test" or kind == "poems"
             for line in (folder / f"{s}.txt").read_text(encoding="utf-8").splitlines()]
     return [clauses(t) if kind == "poems" else t for t in text if t]
-
-
-def clauses(text):
-    """'甲，乙。丙，丁。' -> ['甲', '乙', '丙', '丁']."""
-    return [c for c in re.split("[，。？！；]", text) if c]
 
 
 def _from_run(source, how, n, seed):

@@ -42,16 +42,12 @@ from textvae.data import load_corpus  # noqa: E402
 from textvae.decoding import SampleConfig
 from textvae.sampling import poems, sample  # noqa: E402
 from textvae.judge import CharKN, PoemThread, distinct_n  # noqa: E402
+from textvae.poem import clauses  # noqa: E402
 from textvae.poetry import PoemConfig, write_poems  # noqa: E402
 from textvae.prosody import VERSE_FORMS  # noqa: E402
 from textvae.run import load_run  # noqa: E402
 
 HAN5 = re.compile(r"^[\u4e00-\u9fff]{5}$")
-
-
-def clauses(text):
-    """'甲，乙。丙，丁。' -> ['甲', '乙', '丙', '丁']."""
-    return [c for c in re.split("[，。]", text) if c]
 
 
 def redealt(poem_list, seed):

@@ -331,12 +331,12 @@ def generate_main(argv):
 
 def _use(run, args):
     """interpolate, reconstruct, encode or complete: (JSON-able result, text)."""
-    from .sampling import (complete, encode, interpolate, interpolate_poems, poem_lines,
-                           reconstruct)
+    from .poem import clauses
+    from .sampling import complete, encode, interpolate, interpolate_poems, reconstruct
     text = None
     if args.command == "interpolate":
         hows = ("linear", "spherical") if args.how == "both" else (args.how,)
-        a, b = poem_lines(args.line_a), poem_lines(args.line_b)
+        a, b = clauses(args.line_a), clauses(args.line_b)
         if len(a) > 1 or len(b) > 1:  # two poems: line i walks to line i
             out = {h: interpolate_poems(run, a, b, args.steps, h, args.allow_unk,
                                         _sample_config(args)) for h in hows}

@@ -20,6 +20,7 @@ latent search with rescoring worth most of the gap to an autoregressive model.
 """
 import math
 import random
+import re
 import time
 from dataclasses import dataclass
 
@@ -137,25 +138,30 @@ def association_bits(assoc, line, context):
 # ---------------------------------------------------------------------------------------
 # Fitting, the line VAE frozen
 
-def stanza_lines(text):
-    """'甲，乙。丙，丁。' -> ['甲', '乙', '丙', '丁']."""
-    return [c for c in text.replace("。", "，").split("，") if c]
+def clauses(text):
+    """A poem's lines: '甲，乙。丙，丁。' -> ['甲', '乙', '丙', '丁']; a line without
+    punctuation -> [line]."""
+    return [c for c in re.split("[，。？！；,.;?!]", text) if c.strip()]
+
+
+def stanza_ids(run, stanzas):
+    """Token ids (N, T, L) of the lines of ``stanzas`` (lists of T lines)."""
+    return torch.tensor([[run.tokenizer.encode(x, run.max_len, allow_unk=True) for x in st]
+                         for st in stanzas], dtype=torch.long)
 
 
 @torch.no_grad()
-def encode_stanzas(run, stanzas, seconds, batch=2048):
-    """mu, logvar (N, T, D) of the lines of ``stanzas`` (lists of T lines), as many
-    stanzas as the line encoder gets through in ``seconds`` (at least one batch)."""
+def encode_stanzas(model, ids, seconds, batch=2048):
+    """mu, logvar (N', T, D) of the stanzas ids (N, T, L), as many as the line encoder
+    gets through in ``seconds`` (at least one batch)."""
     mus, logvars, t0, done = [], [], time.time(), 0
-    per = max(1, batch // len(stanzas[0]))
-    while done < len(stanzas) and (done == 0 or time.time() - t0 < seconds):
-        chunk = stanzas[done:done + per]
-        flat = [line for s in chunk for line in s]
-        idx = torch.tensor([run.tokenizer.encode(x, run.max_len, allow_unk=True)
-                            for x in flat], dtype=torch.long)
-        mu, logvar = run.model.encode(idx)
-        mus.append(mu.view(len(chunk), -1, mu.shape[-1]))
-        logvars.append(logvar.view(len(chunk), -1, mu.shape[-1]))
+    N, T, L = ids.shape
+    per = max(1, batch // T)
+    while done < N and (done == 0 or time.time() - t0 < seconds):
+        chunk = ids[done:done + per]
+        mu, logvar = model.encode(chunk.flatten(0, 1))
+        mus.append(mu.view(len(chunk), T, -1))
+        logvars.append(logvar.view(len(chunk), T, -1))
         done += len(chunk)
     return torch.cat(mus), torch.cat(logvars)
 
@@ -165,7 +171,7 @@ def read_stanzas(path, lines, lengths):
     each of one of the run's line ``lengths`` (characters)."""
     out = []
     for text in path.read_text(encoding="utf-8").splitlines():
-        s = stanza_lines(text.strip())
+        s = clauses(text.strip())
         if len(s) == lines and all(len(x) in lengths for x in s):
             out.append(s)
     return out
@@ -179,12 +185,11 @@ def fit_chain(run, train, valid, seconds, log=print, seed=0, batch=256, lr=2e-3,
     rng = random.Random(seed)
     train = rng.sample(train, len(train))
     t0 = time.time()
-    mu, logvar = encode_stanzas(run, train, seconds / 3)
-    vmu, vlogvar = encode_stanzas(run, valid[:2000], seconds)
+    ids = stanza_ids(run, train)
+    mu, logvar = encode_stanzas(run.model, ids, seconds / 3)
+    vmu, vlogvar = encode_stanzas(run.model, stanza_ids(run, valid[:2000]), seconds)
     cfg = ChainConfig(latent=mu.shape[-1], lines=mu.shape[1], vocab=run.model.cfg.vocab_size)
     chain = LatentChain(cfg)
-    ids = torch.tensor([[run.tokenizer.encode(x, run.max_len, allow_unk=True) for x in st]
-                        for st in train], dtype=torch.long)
     chain.assoc, chain.log_unigram = association(ids, cfg.vocab)
     opt = torch.optim.Adam(chain.parameters(), lr=lr)
     steps_done, gen = 0, torch.Generator().manual_seed(seed)
@@ -221,17 +226,6 @@ def line_lm_nats(model, ids):
     return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
-def _chosen(scores, written, poems_so_far):
-    """Index (n,) of each poem's best candidate, never a line the poem already has.
-    scores (n, K); written[i][k] the text of poem i's candidate k."""
-    scores = scores.clone()
-    for i, lines in enumerate(poems_so_far):
-        for k, text in enumerate(written[i]):
-            if text in lines:
-                scores[i, k] = float("-inf")
-    return scores.argmax(1)
-
-
 # How a candidate line is scored: log p(line) under the refiner read as a language model,
 # less "unigram" times its characters' log p (frequent characters alone make a line
 # likely, and a poem of them reads empty), plus "chain" times the chain's log density of
@@ -241,18 +235,35 @@ def _chosen(scores, written, poems_so_far):
 WEIGHTS = {"unigram": 1.0, "chain": 0.0, "assoc": 60.0}
 
 
-def line_scores(run, ids, mu, m, logvar, context):
-    """Score (B,) of candidate lines ids (B, L) with encoded ``mu``, drawn from the
-    chain's (m, logvar) (B, D), after the lines ``context`` (B, M) ids (M may be 0)."""
-    chain, w = run.chain, WEIGHTS
-    ids = ids.to(mu.device)
-    score = line_lm_nats(run.model, ids).cpu()
-    score -= w["unigram"] * chain.log_unigram[ids.cpu()].sum(-1)
+def line_scores(run, ids, m, logvar, context):
+    """Score (B,) of candidate lines ids (B, L), drawn from the chain's (m, logvar)
+    (B, D), after the lines ``context`` (B, M) ids (M may be 0)."""
+    chain, w, model = run.chain, WEIGHTS, run.model
+    on = ids.to(next(model.parameters()).device)
+    score = line_lm_nats(model, on).cpu()
+    score -= w["unigram"] * chain.log_unigram[ids].sum(-1)
     if w["chain"]:
-        score += w["chain"] * log_density(mu.cpu(), m, logvar)
+        score += w["chain"] * log_density(model.encode(on)[0].cpu(), m, logvar)
     if context.shape[1] and w["assoc"]:
-        score += w["assoc"] * association_bits(chain.assoc, ids.cpu(), context)
+        score += w["assoc"] * association_bits(chain.assoc, ids, context)
     return score
+
+
+def best_lines(run, ids, m, logvar, context, taken=None):
+    """Rows (n,) into ids (n K, L), K candidate lines for each of n poems: each poem's
+    best by ``line_scores``, never a line of ``taken[i]`` (the poem's lines so far)."""
+    n = len(m)
+    K = len(ids) // n
+    scores = line_scores(run, ids, *(x.repeat_interleave(K, 0) for x in (m, logvar, context)))
+    scores = scores.view(n, K)
+    if taken is not None:
+        from .decoding import texts
+        written = texts(run, ids)
+        for i, lines in enumerate(taken):
+            for k in range(K):
+                if written[i * K + k] in lines:
+                    scores[i, k] = float("-inf")
+    return torch.arange(n) * K + scores.argmax(1)
 
 
 @torch.no_grad()
@@ -278,16 +289,11 @@ def chain_poems(run, n, sc, gen, candidates=16, n_lines=None, first=()):
         eps = torch.randn(n, K, m.shape[-1], generator=gen)
         z = (m.unsqueeze(1) + (0.5 * logvar).exp().unsqueeze(1) * eps).flatten(0, 1)
         ids = write_lines(run, z, sc.noise, sc, gen=gen)                     # (n K, L)
-        mu = model.encode(ids.to(z.device))[0]
-        score = line_scores(run, ids, mu, m.repeat_interleave(K, 0),
-                            logvar.repeat_interleave(K, 0), context.repeat_interleave(K, 0))
-        written = texts(run, ids)
-        pick = _chosen(score.view(n, K), [written[i * K:(i + 1) * K] for i in range(n)], poems)
-        rows = torch.arange(n) * K + pick
-        for i, r in enumerate(rows.tolist()):
-            poems[i].append(written[r])
-        context = torch.cat([context, ids[rows]], 1)
-        m, logvar, h = chain.next(mu[rows].cpu(), h)
+        chosen = ids[best_lines(run, ids, m, logvar, context, taken=poems)]  # (n, L)
+        for poem, text in zip(poems, texts(run, chosen)):
+            poem.append(text)
+        context = torch.cat([context, chosen], 1)
+        m, logvar, h = chain.next(model.encode(chosen.to(z.device))[0].cpu(), h)
     return poems
 
 

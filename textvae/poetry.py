@@ -24,7 +24,7 @@ import torch
 
 from .errors import UserError
 from .decoding import SampleConfig, pick_z, texts, write_lines
-from .poem import line_scores
+from .poem import best_lines
 from .sampling import chained, keyword_ids, place_keywords, prior_z
 from .prosody import PING, RHYMES, ZE, VerseForm, faultless, key_positions, table, templates
 from .tokenizer import PAD
@@ -166,14 +166,10 @@ RERANKED = 16
 
 def _best_written(run, z, ids, chain, context):
     """Of the R lines ids (P R, L) written from z (P, R, D), each poem's best by
-    poem.line_scores (the first where R is 1): (z (P, D), ids (P, L))."""
-    P, R = z.shape[:2]
-    if R == 1:
+    poem.best_lines (the first where R is 1): (z (P, D), ids (P, L))."""
+    if z.shape[1] == 1:
         return z[:, 0], ids
-    mu = run.model.encode(ids.to(z.device))[0]
-    m, logvar = (x.repeat_interleave(R, 0) for x in chain[:2])
-    score = line_scores(run, ids, mu, m, logvar, context.repeat_interleave(R, 0))
-    rows = torch.arange(P) * R + score.view(P, R).argmax(1)
+    rows = best_lines(run, ids, chain[0], chain[1], context)
     return z.flatten(0, 1)[rows], ids[rows]
 
 

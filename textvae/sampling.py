@@ -2,7 +2,6 @@
 complete. Every line is written by decoding.write_lines.
 """
 import math
-import re
 from dataclasses import replace
 
 import torch
@@ -202,11 +201,6 @@ def interpolate_poems(run, poem_a, poem_b, steps=8, how="linear", allow_unk=Fals
                         f"{len(poem_b)}")
     paths = interpolate_pairs(run, list(zip(poem_a, poem_b)), steps, how, allow_unk, sc)
     return [[path[k] for path in paths] for k in range(steps)]
-
-
-def poem_lines(text):
-    """'甲，乙。丙，丁。' -> ['甲', '乙', '丙', '丁']; a line without punctuation -> [line]."""
-    return [c for c in re.split("[，。？！；,.;?!]", text) if c.strip()]
 
 
 def interpolate_pairs(run, pairs, steps=8, how="linear", allow_unk=False,

@@ -88,8 +88,8 @@ def _write_tab(gr, run):
         kw = dict(seed=int(seed or 0), top_k=int(top_k or 0), temperature=float(temperature),
                   keywords=keywords.strip(), theme=theme.strip())
         if opening.strip():
-            from .sampling import poem_lines
-            poems = run.continue_poem(poem_lines(opening), _count(num), **kw)
+            from .poem import clauses
+            poems = run.continue_poem(clauses(opening), _count(num), **kw)
         elif form == "lines":
             poems = run.poems(_count(num), acrostic=acrostic.strip(), **kw)
         else:
