@@ -1,6 +1,7 @@
 """Training, evaluation and generation speed of the default config and the su2018 baseline.
 
     python bench/speed.py [--steps 30] [--run runs/tang5] [--sizes 100000,1000000,10000000]
+                          [--smoke]
 
 Prints tables: lines/s of a training step for both configs (same process, same data;
 on a GPU also the compiled step train.py takes there), the GFLOP/s the step achieves
@@ -9,9 +10,12 @@ machine's matrix-product ceiling measured here (fp32 and bf16), sampling lines/s
 memory, host syncs per step on a GPU, and how step time grows with the batch size; the
 scaling table: preparing and training on synthetic corpora of --sizes lines through the
 uint16 token cache, each in its own process; IW-NLL at k = 100, batched against the
-per-line loop it replaced; and, given a trained run, `generate.py` streaming lines into
-a file: time to the first poem, lines/s, peak memory at two --num. Everything runs on the device
+per-line loop it replaced; and, given a trained run, writing lines in-process (the heads
+alone, the full path with the cached refiner, the same path recomputing every pass as
+before, the default poems both ways) and `generate.py` streaming into a file as a user
+runs it (time to the first poem, lines/s, peak memory). Everything runs on the device
 `--device auto` picks (cuda, then mps, then cpu), with the autocast training would use.
+--smoke runs a few of everything, to check the bench works (the test suite does).
 """
 import argparse
 import json
@@ -38,6 +42,14 @@ from textvae.model import TextVAE  # noqa: E402
 from textvae.tokenizer import VOCAB, CharTokenizer  # noqa: E402
 from textvae.batches import TokenIds, cache_file, epoch_order  # noqa: E402
 from textvae.device import compiled, resolve_device, use_amp  # noqa: E402
+from textvae import decoding, poem  # noqa: E402
+from textvae.decoding import SampleConfig, for_run  # noqa: E402
+from textvae.run import load_run  # noqa: E402
+
+# The figures of the README before the cached refiner (commit bde3586, this 2-core CPU),
+# printed beside this run's for reference; the generation rows also time the old
+# algorithm itself (decoding.write_ids(cached=False)) in the same run.
+PREVIOUS = {"step ms": 224, "of ceiling": 0.43, "generate.py lines/s (lines)": 970}
 
 
 def sync(device):
@@ -154,12 +166,12 @@ def peak_rss_mb(pid="self"):
         return None
 
 
-def time_generation(run, num, device):
+def time_generation(run, num, device, extra=()):
     """generate.py --num ``num`` into a file, as a user runs it: seconds to the first
     poem on stdout, lines written, lines/s over the whole run, its peak RSS (MB; read
     while it writes, the last look at its end of output)."""
     cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "generate.py"), "--run",
-           str(run), "--num", str(num), "--format", "text", "--device", str(device)]
+           str(run), "--num", str(num), "--format", "text", "--device", str(device), *extra]
     t, t_first, lines = time.perf_counter(), None, 0
     with tempfile.TemporaryFile("w+", encoding="utf-8") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -253,6 +265,54 @@ def scaling_table(tok, sizes, steps, device):
               f"{ep['rss_mb']:>12.0f}")
 
 
+def step_table(tok, max_len, data, amp, device, steps, ceil):
+    """The training step of each config: time, GFLOP/s beside the ceiling, sampling
+    speed of the heads, parameters, memory, host syncs. Returns name -> (model, opt,
+    step, GFLOP)."""
+    print(f"{'config':<16} {'batch':>5} {'ms/step':>8} {'lines/s':>9} {'GFLOP/step':>10} "
+          f"{'GFLOP/s':>8} {'of ceiling':>10} {'sample lines/s':>14} {'params':>8} "
+          f"{'peak RSS MB':>11} {'syncs/step':>10}")
+    rows = {}
+    # The compiled step is what `train.py` runs on a GPU (--compile auto); its first
+    # steps compile (~30 s), which time_steps' warm-up steps absorb.
+    names = ("default", "default+compile", "su2018") if device.type == "cuda" else \
+        ("default", "su2018")
+    for name in names:
+        tc, mc = configs_for(name.split("+")[0], tok, max_len)
+        model = TextVAE(mc).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=device.type == "cuda")
+        step = step_fn(model, opt, amp, device, compile_step=name.endswith("+compile"))
+        batch = data[:tc.batch_size].to(device)
+        syncs = host_syncs(step, batch, device)
+        if name.endswith("+compile"):
+            gflop = rows["default"][3]  # the same arithmetic; the counter cannot see
+        else:                           # inside a compiled graph
+            with FlopCounterMode(display=False) as fc:
+                step(batch)
+            gflop = fc.get_total_flops() / 1e9
+        sec = time_steps(step, data, tc.batch_size, steps, device)
+        model.eval()
+        with torch.no_grad():
+            z = torch.randn(4096, mc.latent, device=device)
+            model.decode(z).argmax(-1)
+            sync(device)
+            t = time.perf_counter()
+            model.decode(z).argmax(-1)
+            sync(device)
+            sample_rate = 4096 / (time.perf_counter() - t)
+        model.train()
+        rss = peak_rss_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        rows[name] = (model, opt, step, gflop)
+        print(f"{name:<16} {tc.batch_size:>5} {sec * 1e3:>8.1f} {tc.batch_size / sec:>9.0f} "
+              f"{gflop:>10.2f} {gflop / sec:>8.0f} {gflop / sec / ceil:>10.0%} "
+              f"{sample_rate:>14.0f} {params:>7.2f}M {rss:>11.0f} "
+              f"{'-' if syncs is None else syncs:>10}")
+    print(f"(previous README, this CPU: default {PREVIOUS['step ms']} ms/step, "
+          f"{PREVIOUS['of ceiling']:.0%} of the fp32 ceiling)")
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
@@ -261,6 +321,8 @@ def main():
                    "table (skipped if missing)")
     p.add_argument("--sizes", default="100000,1000000,10000000",
                    help="corpus sizes of the scaling table, comma-separated")
+    p.add_argument("--smoke", action="store_true", help="a few of everything, to check "
+                   "that the bench runs (the suite runs it on a tiny corpus)")
     if sys.argv[1:2] == ["--child"]:
         return child(sys.argv[2:])
     args = p.parse_args()
@@ -278,72 +340,93 @@ def main():
     ceil32, ceil16 = matmul_ceiling(torch.float32, device), matmul_ceiling(torch.bfloat16, device)
     print(f"matrix-product ceiling (2048^3): fp32 {ceil32:.0f} GFLOP/s, bf16 {ceil16:.0f} GFLOP/s\n")
 
-    print(f"{'config':<16} {'batch':>5} {'ms/step':>8} {'lines/s':>9} {'GFLOP/step':>10} "
-          f"{'GFLOP/s':>8} {'of ceiling':>10} {'sample lines/s':>14} {'params':>8} "
-          f"{'peak RSS MB':>11} {'syncs/step':>10}")
-    rows = {}
-    # The compiled step is what `train.py` runs on a GPU (--compile auto); its first
-    # steps compile (~30 s), which time_steps' warm-up steps absorb.
-    names = ("default", "default+compile", "su2018") if device.type == "cuda" else \
-        ("default", "su2018")
-    for name in names:
-        tc, mc = configs_for(name.split("+")[0], tok, corpus.max_chars)
-        model = TextVAE(mc).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=device.type == "cuda")
-        step = step_fn(model, opt, amp, device, compile_step=name.endswith("+compile"))
-        batch = data[:tc.batch_size].to(device)
-        syncs = host_syncs(step, batch, device)
-        if name.endswith("+compile"):
-            gflop = rows["default"][3]  # the same arithmetic; the counter cannot see
-        else:                           # inside a compiled graph
-            with FlopCounterMode(display=False) as fc:
-                step(batch)
-            gflop = fc.get_total_flops() / 1e9
-        sec = time_steps(step, data, tc.batch_size, args.steps, device)
-        model.eval()
-        with torch.no_grad():
-            z = torch.randn(4096, mc.latent, device=device)
-            model.decode(z).argmax(-1)
-            sync(device)
-            t = time.perf_counter()
-            model.decode(z).argmax(-1)
-            sync(device)
-            sample_rate = 4096 / (time.perf_counter() - t)
-        model.train()
-        ceil = ceil16 if amp else ceil32
-        rss = peak_rss_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        rows[name] = (model, opt, step, gflop)
-        print(f"{name:<16} {tc.batch_size:>5} {sec * 1e3:>8.1f} {tc.batch_size / sec:>9.0f} "
-              f"{gflop:>10.2f} {gflop / sec:>8.0f} {gflop / sec / ceil:>10.0%} "
-              f"{sample_rate:>14.0f} {params:>7.2f}M {rss:>11.0f} "
-              f"{'-' if syncs is None else syncs:>10}")
-
+    rows = step_table(tok, corpus.max_chars, data, amp, device, args.steps,
+                      ceil16 if amp else ceil32)
     fastest = "default+compile" if "default+compile" in rows else "default"
     print(f"\nstep time against batch size ({fastest})")
     print(f"{'batch':>6} {'ms/step':>8} {'lines/s':>9}")
     _, _, step, _ = rows[fastest]
-    for bs in (32, 64, 128, 256, 512, 1024):
-        sec = time_steps(step, data, bs, max(5, args.steps // 2), device)
+    for bs in (32, 64) if args.smoke else (32, 64, 128, 256, 512, 1024):
+        sec = time_steps(step, data, bs, max(1 if args.smoke else 5, args.steps // 2), device)
         print(f"{bs:>6} {sec * 1e3:>8.1f} {bs / sec:>9.0f}")
 
     scaling_table(tok, args.sizes, args.steps, device)
 
-    print("\nIW-NLL, k = 100, 640 lines in batches of 64 (default config)")
-    loop, batched = time_iw(rows["default"][0], data, device)
+    n, k = (64, 10) if args.smoke else (640, 100)
+    print(f"\nIW-NLL, k = {k}, {n} lines in batches of 64 (default config)")
+    loop, batched = time_iw(rows["default"][0], data, device, n, k)
     print(f"per-line loop (first wave) {loop * 1e3:7.2f} ms/line\n"
           f"batched                    {batched * 1e3:7.2f} ms/line   {loop / batched:.1f}x")
 
     if not (Path(args.run) / "config.json").exists():
-        print(f"\n(no run at {args.run}: generation table skipped)")
+        print(f"\n(no run at {args.run}: generation tables skipped)")
         return
-    print(f"\ngenerate.py --run {args.run} --num N --device {device} > file (its own process "
-          "and its own peak RSS)")
-    print(f"{'poems':>8} {'lines':>8} {'first poem s':>12} {'lines/s':>9} {'peak RSS MB':>11}")
-    for num in (250, 2_500):
-        t_first, lines, rate, rss = time_generation(args.run, num, device)
-        print(f"{num:>8} {lines:>8} {t_first:>12.2f} {rate:>9.0f} {rss:>11.0f}")
+    writing_table(load_run(args.run, device=str(device)), 256 if args.smoke else 4096)
+    user_table(args.run, device, args.smoke)
 
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def writing_table(run, n):
+    """Lines/s of writing ``n`` prior samples in-process: the heads alone, the full path
+    (heads' draft, refiner), that path with the refiner recomputing the whole line at
+    every pass (the algorithm before the cache), and the default poems' lines (each the
+    best of 64 candidates) both ways; the cached and full-pass lines must be the same."""
+    sc = for_run(run, SampleConfig())
+    z = torch.randn(n, run.model.cfg.latent, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, heads = timed(lambda: run.model.decode(z).argmax(-1))
+    rows, ids = [("heads only (draft argmax)", n / heads)], {}
+    for cached in (True, False):
+        ids[cached], sec = timed(lambda: decoding.write_ids(
+            run.model, run.lengths, z, sc.noise, sc, gen=torch.Generator().manual_seed(1),
+            cached=cached))
+        rows.append((f"full path, refiner {'cached' if cached else 'full passes (before)'}",
+                     n / sec))
+    same = torch.equal(ids[True], ids[False])
+    if run.chain is not None:
+        rows += poem_rows(run, sc, max(1, n // 256))
+    print(f"\nwriting lines in-process ({n} prior samples; cached and full-pass lines "
+          f"{'identical' if same else 'DIFFER'})")
+    print(f"{'path':<44} {'lines/s':>9}")
+    for name, rate in rows:
+        print(f"{name:<44} {rate:>9.0f}")
+    base = dict(rows)
+    print(f"{'full path speed-up':<44} {base[rows[1][0]] / base[rows[2][0]]:>8.1f}x")
+
+
+def poem_rows(run, sc, n_poems):
+    """The default poems' lines/s (64 candidates a line) with each refiner path."""
+    out, real = [], decoding.write_ids
+    for cached in (True, False):
+        decoding.write_ids = lambda *a, **k: real(*a, **k, cached=cached)
+        try:
+            _, sec = timed(lambda: poem.chain_poems(run, n_poems, sc,
+                                                    torch.Generator().manual_seed(2), 64))
+        finally:
+            decoding.write_ids = real
+        out.append((f"poems, 64 candidates a line, {'cached' if cached else 'before'}",
+                    n_poems * run.chain.cfg.lines / sec))
+    return out
+
+
+def user_table(run, device, smoke):
+    """generate.py as a user runs it: the default poems and --independent lines."""
+    print(f"\ngenerate.py --run {run} --num N --device {device} > file (its own process "
+          f"and its own peak RSS; previous README: {PREVIOUS['generate.py lines/s (lines)']} "
+          "lines/s for --independent lines)")
+    print(f"{'command':<28} {'poems':>6} {'lines':>7} {'first poem s':>12} {'lines/s':>8} "
+          f"{'peak RSS MB':>11}")
+    cases = [((), 8), ((), 64), (("--independent",), 250), (("--independent",), 2_500)]
+    for extra, num in cases[:1] + cases[2:3] if smoke else cases:
+        t_first, lines, rate, rss = time_generation(run, num, device, extra)
+        name = "generate.py " + " ".join(extra)
+        rss = f"{rss:.0f}" if rss else "-"  # a run too short to be read while it wrote
+        print(f"{name:<28} {num:>6} {lines:>7} {t_first:>12.2f} {rate:>8.0f} {rss:>11}")
 
 if __name__ == "__main__":
     main()

@@ -161,3 +161,39 @@ def test_a_path_without_a_stay_gets_the_one_for_its_line_length(overfit_run, mon
 def test_a_reconstruction_is_the_heads_most_likely_line_at_any_temperature(overfit_run):
     sc = SampleConfig(temperature=50.0)
     assert sampling.reconstruct(overfit_run, POEM_LINES, sc=sc) == POEM_LINES
+
+
+def test_the_cached_refiner_writes_what_full_passes_write(overfit_run):
+    # Keeping each position's keys and values must not change a character: every way
+    # lines are written (drawn, greedy, top-k, completed, restricted, a path's shared
+    # noise and preferred characters) gives the same ids by both paths.
+    run, V, L = overfit_run, overfit_run.model.cfg.vocab_size, 5
+    z = torch.randn(256, overfit_run.model.cfg.latent, generator=torch.Generator().manual_seed(0))
+    given = torch.full((256, L), -1)
+    given[::3, 2] = run.tokenizer.index["山"]
+    allowed = torch.rand(256, L, V, generator=torch.Generator().manual_seed(1)) < 0.7
+    cases = [dict(sc=SampleConfig(keep=1.0)), dict(sc=SampleConfig(temperature=0)),
+             dict(sc=SampleConfig(top_k=5, repeat_penalty=3.0)),
+             dict(sc=SampleConfig(keep=1.0), given=given, allowed=allowed),
+             dict(sc=SampleConfig(keep=1.0, stay=2.0), gumbel=torch.rand(256, L, V).log().neg().log().neg(),
+                  prefer=torch.randint(0, V, (256, L)))]
+    for case in cases:
+        sc = case.pop("sc")
+        ids = [decoding.write_ids(run.model, run.lengths, z, 0.7, sc, cached=cached,
+                                  gen=torch.Generator().manual_seed(2), **case)
+               for cached in (False, True)]
+        assert torch.equal(ids[0], ids[1]), sc
+
+
+def test_refiner_steps_give_the_logits_of_a_whole_pass(overfit_run):
+    ref, model = overfit_run.model.refiner, overfit_run.model
+    idx = torch.randint(5, model.cfg.vocab_size, (8, 5))
+    z, noise = torch.randn(8, model.cfg.latent), torch.rand(8)
+    with torch.no_grad():
+        draft = model.decoder.features(z)
+        whole = ref(idx, z, noise, draft)                                   # (8, 5, V)
+        cache, before = ref.start(z, noise), torch.full((8,), ref.start_id)
+        for t in range(5):
+            h, cache = ref.step(cache, before, t, draft[:, t])
+            torch.testing.assert_close(ref.out(h), whole[:, t], rtol=1e-4, atol=1e-4)
+            before = idx[:, t]

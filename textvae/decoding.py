@@ -114,13 +114,13 @@ def choose(logits, sc: SampleConfig, gen=None, gumbel=None):
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if gumbel is None:
         gumbel = gumbel_noise(logits.shape, gen).to(logits.device)
-    return (logits / sc.temperature + gumbel).argmax(-1)
+    return (logits / sc.temperature).add_(gumbel).argmax(-1)
 
 
 def gumbel_noise(shape, gen=None):
     """-log(-log U), U ~ U(0, 1): the noise of a Gumbel-max draw."""
     u = torch.rand(shape, generator=gen).clamp_(1e-10, 1 - 1e-7)
-    return -(-u.log()).log()
+    return u.log_().neg_().log_().neg_()  # in place: a line batch's (n, V) is ~64 MB
 
 
 def _ban(logits, at, banned, min_len, given=None, allowed=None):
@@ -165,9 +165,10 @@ def write_lines(run, z, noise, sc: SampleConfig = SampleConfig(), given=None, ge
 
 @torch.no_grad()
 def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given=None,
-              gen=None, allowed=None, gumbel=None, prefer=None):
+              gen=None, allowed=None, gumbel=None, prefer=None, cached=True):
     """``write_lines`` for a bare model and its corpus' line lengths (the trainer has no
-    run yet: a temperature of None is a character run's)."""
+    run yet: a temperature of None is a character run's). ``cached=False``: the refiner
+    recomputes the whole line at every pass, as it first did (same characters, slower)."""
     sc = with_temperature(sc, "chars")
     banned, min_len = banned_for(lengths, model.cfg.max_len), min(lengths)
     z = z.to(next(model.parameters()).device)
@@ -194,24 +195,58 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
         gumbel = gumbel.to(z.device)  # once, not at every pass
     if prefer is not None:
         prefer = prefer.to(z.device)
+    write = _write_cached if cached else _write_passes
+    return write(model, ids, fixed, z, levels, draft, sc, (banned, min_len, given, allowed),
+                 gen, gumbel, prefer).cpu()
+
+
+def _write_cached(model, ids, fixed, z, levels, draft, sc, rules, gen, gumbel, prefer):
+    """The refiner writes the free positions left to right, one position a pass, its
+    keys and values kept (Refiner.start / step)."""
+    ref, B, L = model.refiner, *ids.shape
+    todo = (~fixed).flip(1).cumsum(1).flip(1) > 0     # (B, L): a free position at or after
+    cache = ref.start(z, levels)
+    before = torch.full_like(ids[:, 0], ref.start_id)
+    for t in range(L):
+        if not todo[:, t].any():
+            break
+        h, cache = ref.step(cache, before, t, draft[:, t])                  # (B, d)
+        rows = (~fixed[:, t]).nonzero().squeeze(1)
+        if len(rows):
+            at = (rows, torch.full_like(rows, t))
+            ids = _draw(ref.out(h[rows]), at, ids, fixed, t, sc, rules, gen, gumbel, prefer)
+        before = ids[:, t]
+    return ids
+
+
+def _write_passes(model, ids, fixed, z, levels, draft, sc, rules, gen, gumbel, prefer):
+    """``_write_cached`` as first written: every pass runs the refiner over the whole
+    line (kept to check the cached path against, and to time it: bench/speed.py)."""
+    L = ids.shape[1]
     for t in range(L):  # left to right; each pass reads only the characters before t
         col = torch.zeros_like(fixed)
         col[:, t] = True
         write = col & ~fixed
         if not write.any():
             continue
-        at = write.nonzero(as_tuple=True)
         logits = model.refiner(ids, z, levels, draft, at=write)             # (n, V)
-        logits = _ban(logits, at, banned, min_len, given, allowed)
-        # Repeats are counted against the characters already written and those fixed.
-        settled = (torch.arange(L, device=ids.device) < t) | fixed
-        logits = _penalise_repeats(logits, at[0], ids.masked_fill(~settled, -1),
-                                   sc.repeat_penalty)
-        if prefer is not None and sc.stay:
-            logits[torch.arange(len(logits)), prefer[at]] += sc.stay
-        drawn = None if gumbel is None else gumbel[at]
-        ids = ids.index_put(at, choose(logits, sc, gen, drawn))
-    return ids.cpu()
+        ids = _draw(logits, write.nonzero(as_tuple=True), ids, fixed, t, sc, rules, gen,
+                    gumbel, prefer)
+    return ids
+
+
+def _draw(logits, at, ids, fixed, t, sc, rules, gen, gumbel, prefer):
+    """ids with the positions ``at`` (all in column t) drawn from the refiner's logits
+    (n, V): the banned and disallowed characters out, repeats lowered, the path's
+    previous point preferred."""
+    logits = _ban(logits, at, *rules)
+    # Repeats are counted against the characters already written and those fixed.
+    settled = (torch.arange(ids.shape[1], device=ids.device) < t) | fixed
+    logits = _penalise_repeats(logits, at[0], ids.masked_fill(~settled, -1), sc.repeat_penalty)
+    if prefer is not None and sc.stay:
+        logits[torch.arange(len(logits)), prefer[at]] += sc.stay
+    drawn = None if gumbel is None else gumbel[at]
+    return ids.index_put(at, choose(logits, sc, gen, drawn))
 
 
 def _penalise_repeats(logits, lines, ids, penalty):

@@ -263,6 +263,44 @@ class Refiner(nn.Module):
         h = self.norm(self.blocks(h, mask=self.causal, is_causal=True))[:, 1:]  # (B, L, d)
         return self.out(h if at is None else h[at])
 
+    # Writing a line one position at a time, as decoding does: each position's keys and
+    # values are kept, so a line of L characters costs L + 1 positions through the
+    # blocks instead of L (L + 1). Same layers and weights as forward; eval mode only.
+
+    def start(self, z, noise):
+        """The cache (per layer, keys and values (B, heads, 1, d / heads)) after the
+        first token [z_a, a]."""
+        c = self.cond(torch.cat([z, noise.unsqueeze(-1).to(z.dtype)], dim=-1))
+        return self._advance(c.unsqueeze(1), [None] * len(self.blocks.layers))[1]
+
+    def step(self, cache, before, t, draft):
+        """Position t: before (B,) the character before it (``start_id`` at t = 0),
+        draft (B, H) its draft features -> hidden (B, d) for ``out``, and the cache
+        grown by this position."""
+        x = (self.char_norm(self.embed(before)) + self.pos[t]
+             + self.draft_norm(self.draft(draft)))
+        h, cache = self._advance(x.unsqueeze(1), cache)
+        return self.norm(h[:, 0]), cache
+
+    def _advance(self, x, cache):
+        """x (B, 1, d) through the blocks (pre-norm layers, as nn.TransformerEncoderLayer
+        computes them), attending to the cached positions and itself."""
+        assert not self.training, "the cached refiner is for writing (eval mode)"
+        grown = []
+        for layer, kv in zip(self.blocks.layers, cache):
+            attn = layer.self_attn
+            heads = attn.num_heads
+            q, k, v = F.linear(layer.norm1(x), attn.in_proj_weight,
+                               attn.in_proj_bias).chunk(3, -1)
+            q, k, v = (y.unflatten(-1, (heads, -1)).transpose(1, 2) for y in (q, k, v))
+            if kv is not None:
+                k, v = torch.cat([kv[0], k], 2), torch.cat([kv[1], v], 2)
+            grown.append((k, v))
+            a = F.scaled_dot_product_attention(q, k, v)             # (B, heads, 1, d_h)
+            x = x + attn.out_proj(a.transpose(1, 2).flatten(2))
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+        return x, grown
+
 
 def noised(z, noise, eps):
     """z_a = sqrt(1 - a) z + sqrt(a) eps: N(0, I) stays N(0, I) at every level a."""
