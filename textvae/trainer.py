@@ -15,6 +15,7 @@ import math
 import signal
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ SYNC_EVERY = 20
 # --minutes is first fitted at the second of these steps, from the time per step since
 # the first: past start-up (and compiling), before the schedules have gone far.
 BUDGET_PROBE = (10, 50)
+PACE_STEPS = 9  # the budget's pace: the median of this many step times
 
 
 class StopRequested:
@@ -125,28 +127,46 @@ def _quiet(*args, **kwargs):
 
 
 class Budget:
-    """--minutes: where the planned steps would not fit in the budget at the pace since
-    BUDGET_PROBE[0], as many steps as fit. Fitted at BUDGET_PROBE[1] and again at every
-    validation record; only ever fewer steps, since the pace of a shared machine drifts."""
+    """--minutes as a promise. The pace is the median time of the last few steps (a
+    record or checkpoint inside one step does not move it). At BUDGET_PROBE[1] and at
+    every validation record the run is fitted to the steps that fit; between them the
+    clock is read every ``every`` steps (1; the ranks' look under torchrun), and a pace
+    that would overrun the budget cuts the run there. Only ever fewer steps."""
 
-    def __init__(self, seconds, eval_every):
-        self.seconds, self.eval_every = seconds, eval_every
-        self.probe = None  # (step, time) when this process passed BUDGET_PROBE[0]
+    def __init__(self, seconds, eval_every, every=1):
+        self.seconds, self.eval_every, self.every = seconds, eval_every, every
+        self.times = deque(maxlen=PACE_STEPS + 1)  # (step, time) of the latest steps
+        self.per_step = None
 
     def steps_that_fit(self, step, total, elapsed, now, smallest):
         """The steps the run should have now: ``total``, or fewer that fit (``smallest``:
         the ranks' agreement on a count)."""
         first, last = BUDGET_PROBE
-        if step == first:
-            self.probe = (step, now)
+        if step >= first:
+            self.times.append((step, now))
         due = step == last or (step > last and step % self.eval_every == 0)
-        if not (due and self.probe and self.seconds) or step >= total:
+        if not self.seconds or step >= total or (step % self.every and not due):
             return total
-        per_step = (now - self.probe[1]) / (step - self.probe[0])
         left = self.seconds * 0.97 - elapsed  # 3%: the last record and checkpoint
-        self.per_step = per_step
-        return min(total, smallest(max(step, step + int(left / per_step))))
+        if step >= last and len(self.times) > 1:
+            self.per_step = self._pace()
+            fits = step + int(max(left, 0) / self.per_step)
+            if due or fits < total:
+                return min(total, smallest(max(step, fits)))
+        # Before the first fit, or at a pace that fits: only a budget already spent stops.
+        return min(total, smallest(step if elapsed >= self.seconds else total))
 
+    def _pace(self):
+        """Median seconds a step over the latest PACE_STEPS steps."""
+        times = list(self.times)
+        gaps = sorted((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(times, times[1:]))
+        return gaps[len(gaps) // 2]
+
+    def cut(self, minutes, step, fits, total, cycles):
+        """What a cut says: the pace (or where the budget ran out) and the steps left."""
+        pace = f"at {self.per_step:.2f} s a step" if self.per_step else f"spent at step {step}"
+        return (f"{self.label(minutes)}: {pace}, {fits} of the planned {total} steps fit, "
+                f"in {cycles} KL cycle(s) (--minutes 0 trains them all)")
 
     def label(self, minutes):
         """'--minutes M', with the line model's share where the poem chain takes some."""
@@ -180,7 +200,8 @@ class Trainer:
         self.total = tc.total_steps(self.per_epoch)
         self.beta = kl_schedule(self.tc, self.total)
         # A budget that has fitted a length wrote it as max_steps: a resumed run keeps it.
-        self.budget = Budget(tc.line_seconds() if not tc.max_steps else 0, tc.eval_every)
+        self.budget = Budget(tc.line_seconds() if not tc.max_steps else 0, tc.eval_every,
+                             SYNC_EVERY if self.group.active else 1)
         self.cycle_len = self.total / tc.kl_cycles  # as planned, before any budget cut
         if use_compile(tc.compile, self.device, self.total, self.group.active):
             self.loss_of = CompiledOrPlain(self.loss_of, log)
@@ -328,9 +349,7 @@ class Trainer:
         # A cut run keeps the planned length of a KL cycle, in fewer cycles: squeezing
         # the cycles leaves too few steps at full KL weight to learn a code.
         cycles = max(1, round(fits / self.cycle_len))
-        self.log(f"\n{self.budget.label(self.tc.minutes)}: at {self.budget.per_step:.2f} s a step, "
-                 f"{fits} of the planned {self.total} steps fit, in {cycles} KL cycle(s) "
-                 f"(--minutes 0 trains them all)")
+        self.log("\n" + self.budget.cut(self.tc.minutes, self.step, fits, self.total, cycles))
         self.total = self.tc.max_steps = fits
         self.tc.kl_cycles = cycles
         self.beta = kl_schedule(self.tc, self.total)
