@@ -110,9 +110,13 @@ def main(argv=None):
     p.add_argument("--candidates", type=int, nargs="*", default=[1, 16],
                    help="the poem chain's lines drawn for each line written")
     p.add_argument("--data-dir", default="data")
+    p.add_argument("--quatrains", default="quatrain5", help="the real quatrains (a corpus "
+                   "name or a file of poems): the judges' training split and held-out poems")
+    p.add_argument("--seen", default="tang5", help="the lines the runs learnt from (a "
+                   "corpus name or file): a sample line found in its training split is not novel")
     p.add_argument("--json", help="also write the table here (bench/report.py reads it)")
     args = p.parse_args(argv)
-    corpus = load_corpus("quatrain5", args.data_dir)
+    corpus = load_corpus(args.quatrains, args.data_dir)
     train = [clauses(t) for t in corpus.splits["train"]]
     t = time.time()
     thread = PoemThread(train)
@@ -120,7 +124,7 @@ def main(argv=None):
     print(f"judges fitted on {len(train)} poems in {time.time() - t:.0f} s", flush=True)
     real = [clauses(t) for t in corpus.splits["valid"] + corpus.splits["test"]]
     # novel: lines found in no training line of tang5 (the lines the runs learnt from)
-    seen = set(load_corpus("tang5", args.data_dir).splits["train"])
+    seen = set(load_corpus(args.seen, args.data_dir).splits["train"])
     rows = [(f"real held-out ({len(real)})", figures(real, thread, kn, seen))]
     for name, poem_list in systems(args, args.poems):
         rows.append((name, figures(poem_list, thread, kn, seen)))

@@ -60,7 +60,7 @@ def vae_ids(args, corpus):
 
 
 def train_vae(name, args, corpus):
-    out = ROOT / "runs" / f"bench-{name}-{corpus.name}"
+    out = Path(args.runs) / f"bench-{name}-{corpus.name}"
     if not (out / "model.safetensors").exists():
         tok, data = vae_ids(args, corpus)
         steps = steps_for(name, args.minutes, data, tok)
@@ -81,7 +81,7 @@ def evaluate_vae(folder, args):
 
 def charlm(args, corpus, tok):
     from bench import charlm as lm
-    out = ROOT / "runs" / f"bench-charlm-{corpus.name}"
+    out = Path(args.runs) / f"bench-charlm-{corpus.name}"
     if not (out / "samples.json").exists():
         lm.main(["--minutes", str(args.minutes), "--corpus", args.corpus, "--out", str(out)])
     saved = json.loads((out / "samples.json").read_text())
@@ -98,7 +98,11 @@ def main():
     p.add_argument("--run", help="a finished default run to use instead of training one")
     p.add_argument("--iw-samples", type=int, default=100)
     p.add_argument("--max-lines", type=int, default=0, help="evaluate N random test lines")
+    p.add_argument("--runs", default=str(ROOT / "runs"), help="where the systems' runs go")
     args = p.parse_args()
+    args.runs = str(Path(args.runs).resolve())  # train.py runs from the repository root
+    if Path(args.corpus).is_file():
+        args.corpus = str(Path(args.corpus).resolve())
     corpus = load_corpus(args.corpus)
     tok = CharTokenizer.train(corpus.train, 4000)  # the character LM's judge
     results = {}
