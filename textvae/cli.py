@@ -78,7 +78,7 @@ def _add_fields(parser, cls, skip=()):
                                 help=helps.get(f.name))
         else:
             typ = {"int": int, "float": float, "str": str}.get(getattr(f.type, "__name__", f.type), str)
-            default = f" (default: {f.default})" if f.default != "" else ""
+            default = f" (default: {f.default})" if f.default not in ("", None) else ""
             parser.add_argument(flag, type=typ, default=None,
                                 choices=getattr(cls, "CHOICES", {}).get(f.name),
                                 help=f"{helps.get(f.name, '')}{default}")
@@ -141,32 +141,21 @@ def _common(sp):
     return sp
 
 
+# Sampling flags are SampleConfig's fields (decoding.py), their help its comments, as
+# training flags are TrainConfig's: one place says what each does and its default.
+SAMPLING = ("seed", "temperature", "top_k", "noise", "keep", "repeat_penalty")
+
+
+def _sample_fields(sp, *names):
+    _add_fields(sp, SampleConfig, skip={f.name for f in fields(SampleConfig)} - set(names))
+
+
 def _sampling(sp):
-    d = SampleConfig()
-    sp.add_argument("--seed", type=int, default=d.seed,
-                    help="same seed, same output; another seed, independent output")
-    sp.add_argument("--temperature", type=float, default=d.temperature,
-                    help="characters are drawn from softmax(logits / T); 0: the most "
-                         "likely, greedily (default: 0.7 for a character run, 0.8 for "
-                         "a run of word pieces)")
-    sp.add_argument("--top-k", type=int, default=d.top_k,
-                    help="k > 0: draw among the k most likely only; 0: among all")
-    sp.add_argument("--noise", type=float, default=d.noise,
-                    help="how loosely the refiner reads z, 0 (exactly) to 1 (not at "
-                         f"all) (default: {d.noise})")
-    sp.add_argument("--keep", type=float, default=d.keep,
-                    help="draft characters at least this likely are kept as they are "
-                         f"(default: {d.keep})")
-    sp.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty,
-                    help="nats taken from a character another position of the line has "
-                         f"(default: {d.repeat_penalty})")
+    _sample_fields(sp, *SAMPLING)
 
 
 def _fitting(sp):
-    steps = SampleConfig().fit_steps
-    sp.add_argument("--fit-steps", type=int, default=steps,
-                    help="gradient steps fitting each given line's z, so the line comes "
-                         f"back exactly; 0: the encoder's mu as it is (default: {steps})")
+    _sample_fields(sp, "fit_steps")
 
 
 def _sample_flags(s):
@@ -184,21 +173,7 @@ def _sample_flags(s):
     s.add_argument("--tones", action="store_true",
                    help="with --form: follow the form's 平仄 template (characters 2, 4, "
                         "6 and the last)")
-    s.add_argument("--theme", default="", help="a line: every z is drawn around its z, "
-                   "so the poems lean its way (e.g. 白日依山尽)")
-    s.add_argument("--theme-weight", type=float, default=SampleConfig.theme_weight,
-                   help="share of the theme in each z, 0 to 1 (default: "
-                        f"{SampleConfig.theme_weight})")
-    s.add_argument("--keywords", default="",
-                   help="characters separated by commas (月,秋): each line holds one, in "
-                        "turn (with --form: the first lines, one each)")
-    s.add_argument("--line-candidates", type=int, default=SampleConfig.line_candidates,
-                   help="with a run's poem chain: lines drawn for each line of a poem, "
-                        "the one the model scores best kept; 1: the first drawn "
-                        f"(default: {SampleConfig.line_candidates})")
-    s.add_argument("--independent", action="store_true",
-                   help="each line of a poem from its own z ~ N(0, I), ignoring the "
-                        "run's poem chain")
+    _sample_fields(s, "theme", "theme_weight", "keywords", "line_candidates", "independent")
     s.add_argument("--coherence", type=float, default=PoemConfig.rho,
                    help="with --form: share of its latent a line takes from the line "
                         f"before, 0 to <1 (default: {PoemConfig.rho})")
@@ -221,9 +196,7 @@ def generate_parser():
     s.add_argument("lines", nargs="+")
     s.add_argument("--num", type=int, default=4, help="how many poems")
     _sampling(s)
-    s.add_argument("--line-candidates", type=int, default=SampleConfig.line_candidates,
-                   help="lines drawn for each line written, the one the model scores "
-                        f"best kept (default: {SampleConfig.line_candidates})")
+    _sample_fields(s, "line_candidates")
     s = _common(sub.add_parser("interpolate", help="walk the latent path between two lines "
                                "(or two poems, written 甲，乙。丙，丁。: line by line)"))
     s.add_argument("line_a")
@@ -231,10 +204,7 @@ def generate_parser():
     s.add_argument("--steps", type=int, default=8, help="points on the path, ends included")
     s.add_argument("--how", choices=("linear", "spherical", "both"), default="both")
     _sampling(s)
-    s.add_argument("--stay", type=float, default=SampleConfig.stay,
-                   help="nats added to the character the previous point of the path has "
-                        "at the same position: more, fewer changes a step (default: 2 "
-                        "for lines of up to 5 characters, 4 for longer ones)")
+    _sample_fields(s, "stay")
     _fitting(s)
     s.add_argument("--allow-unk", action="store_true",
                    help="map characters outside the vocabulary to <unk> instead of failing")
@@ -349,7 +319,7 @@ def _use(run, args):
         text = "   " + "  ".join(hows) + "\n" + text
     elif args.command == "reconstruct":
         lines = _lines_arg(args.lines, args.file)
-        rec = reconstruct(run, lines, args.allow_unk, SampleConfig(fit_steps=args.fit_steps))
+        rec = reconstruct(run, lines, args.allow_unk, _sample_config(args))
         out = [{"line": a, "reconstruction": b} for a, b in zip(lines, rec)]
         text = "\n".join(f"{a}\t{b}" for a, b in zip(lines, rec))
     elif args.command == "encode":
@@ -399,7 +369,7 @@ def _map(run, args):
 def _sample_config(args):
     """The SampleConfig of whichever of its fields this command has flags for."""
     names = {f.name for f in fields(SampleConfig)}
-    return SampleConfig(**{k: v for k, v in vars(args).items() if k in names})
+    return SampleConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
 
 
 def _sample(run, args):

@@ -45,9 +45,9 @@ class SampleConfig:
                               # its way (e.g. 白日依山尽)
     theme_weight: float = 0.5 # share of the theme in each z, 0 (none) to 1 (the line itself)
     keywords: str = ""        # characters separated by commas (月,秋): each line holds
-                              # one, in turn
+                              # one, in turn (with --form: the first lines, one each)
     line_candidates: int = 64 # a poem from a run with a poem chain: lines drawn for each
-                              # of its lines, the one the model scores best kept (poem.py)
+                              # of its lines, the one the model scores best kept
     independent: bool = False # each line of a poem from its own z ~ N(0, I), as a run
                               # without a poem chain writes them
 

@@ -129,7 +129,7 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
     gen = torch.Generator().manual_seed(seed)
     device = next(run.model.parameters()).device
     idx = torch.from_numpy(run.tokenizer.encode_batch(lines, run.max_len)).to(device)
-    out = likelihood_and_reconstruction(run, idx, lines, batch_size, gen, sc)
+    out = likelihood_and_reconstruction(run, idx, lines, batch_size, gen)
     out.update(fitted_reconstruction(run, idx, sc, seed))
     if iw_samples > 0:
         out.update(iw_figures(run, idx, iw_samples, gen, progress, out["chars"]))
@@ -141,7 +141,7 @@ def evaluate(run, lines, train_lines, iw_samples=500, n_samples=1000, n_pairs=10
     return out
 
 
-def likelihood_and_reconstruction(run, idx, lines, batch_size, gen, sc):
+def likelihood_and_reconstruction(run, idx, lines, batch_size, gen):
     """-ELBO terms, MI, AU, and reconstruction accuracy from mu and from a sampled z, for
     the token ids ``idx`` (N, L) of the evaluated ``lines``. Per-character figures are
     per character of the lines, whatever a position holds."""
@@ -156,11 +156,10 @@ def likelihood_and_reconstruction(run, idx, lines, batch_size, gen, sc):
         rec -= float(log_px_given_z(model, z, batch).sum())
         kl += gaussian_kl(mu.float(), logvar.float()).sum(0).cpu()   # per dimension
         for kind, src in (("mu", mu), ("z", z)):
-            guess = write_lines(run, src, 0.0, SampleConfig(keep=sc.keep))
-            hits[kind] += chars_back(run.tokenizer, guess, batch.cpu(),
-                                     lines[first:first + len(batch)])
-            # exact: every position matches, padding included (so the length is right)
-            exact[kind] += int((guess == batch.cpu()).all(1).sum())
+            chars, whole = written_back(model, run.tokenizer, run.lengths, src, batch,
+                                        lines[first:first + len(batch)])
+            hits[kind] += chars
+            exact[kind] += whole
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
     N = len(idx)
@@ -174,6 +173,15 @@ def likelihood_and_reconstruction(run, idx, lines, batch_size, gen, sc):
             "au": active_units(mu_all), "latent": model.cfg.latent,
             "acc_mu": hits["mu"] / n_chars, "exact_mu": exact["mu"] / N,
             "acc_z": hits["z"] / n_chars, "exact_z": exact["z"] / N}
+
+
+def written_back(model, tokenizer, lengths, z, ids, lines):
+    """(characters, whole lines) of ``lines`` (token ids ``ids``) that the full decoding
+    path writes back from ``z`` read at noise 0: the one measure of "accuracy from mu"
+    for validation and evaluation. A whole line matches at every position, padding
+    included (so its length is right)."""
+    guess, ids = write_ids(model, lengths, z, 0.0, SampleConfig()), ids.cpu()
+    return chars_back(tokenizer, guess, ids, lines), int((guess == ids).all(1).sum())
 
 
 def chars_back(tokenizer, guess, ids, lines):
@@ -364,7 +372,7 @@ def format_table(results, names=None):
 @torch.no_grad()
 def validate(model, tokenizer, lengths, idx, lines, beta, batch_size=1024):
     """Validation -ELBO terms, active units and accuracy from mu through the full
-    decoding path (``chars_back``, as ``evaluate``'s acc_mu), for the token ids ``idx``
+    decoding path (``written_back``, as ``evaluate``'s acc_mu), for the token ids ``idx``
     of ``lines``; ``lengths``: the run's line lengths in positions."""
     model.eval()
     rec = kl = ref = hits = 0.0
@@ -375,8 +383,8 @@ def validate(model, tokenizer, lengths, idx, lines, beta, batch_size=1024):
         rec += terms["rec"].item() * len(batch)
         kl += terms["kl"].item() * len(batch)
         ref += terms["ref"].item() * len(batch) if "ref" in terms else 0.0
-        guess = write_ids(model, lengths, terms["mu"], 0.0, SampleConfig())
-        hits += chars_back(tokenizer, guess, batch.cpu(), lines[i:i + batch_size])
+        hits += written_back(model, tokenizer, lengths, terms["mu"], batch,
+                             lines[i:i + batch_size])[0]
         mus.append(terms["mu"].float())
     model.train()
     n = len(idx)
