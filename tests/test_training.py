@@ -305,3 +305,11 @@ def test_the_kl_weight_is_the_recipes_unless_given(tmp_path, monkeypatch, given,
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tang7").write_text("".join(x + "\n" for x in POEM_LINES), encoding="utf-8")
     assert default_beta("tang7") == 0.5                     # a file named like a recipe
+
+
+def test_a_cpu_trains_in_bf16_only_where_it_multiplies_bf16_much_faster():
+    # The decision is timed, not read from the CPU's flags: emulated bf16 is slower.
+    from textvae.device import bf16_is_faster
+    for fp32, bf16, expected in ((2.0, 1.0, True), (1.0, 1.0, False), (1.0, 2.0, False)):
+        timer = {torch.float32: fp32, torch.bfloat16: bf16}.get
+        assert bf16_is_faster(timer) == expected

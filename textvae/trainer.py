@@ -307,7 +307,8 @@ class Trainer:
 
     def run(self):
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.log(f"{self.corpus_line}; model {n_params / 1e6:.2f}M params on {self.device}; "
+        self.log(f"{self.corpus_line}; model {n_params / 1e6:.2f}M params on {self.device}"
+                 f"{' (bf16 autocast)' if self.bf16 else ''}; "
                  f"{self.total} steps of {self.batch} lines ({self.total / self.per_epoch:.3g} "
                  f"epochs of {self.per_epoch})")
         self.model.train()
