@@ -1,0 +1,93 @@
+"""The README's pictures, made from a trained run so they can be made again.
+
+    python bench/figures.py [--run runs/tang5] [--out docs]
+
+Writes, into --out:
+  map.png   the latent map of the run's test lines (`generate.py map`, coloured by season)
+  web.png   the web page (`generate.py serve`) after "Write", photographed in a headless
+            Chromium (Debian's `chromium`, or $TEXTVAE_CHROMIUM) driven by Playwright
+The training curves (curves.png) are copied by bench/report.py with the results.
+"""
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def latent_map(run, out):
+    subprocess.run([sys.executable, str(ROOT / "generate.py"), "map", "--run", str(run),
+                    "--out", str(out / "map.png")], check=True)
+
+
+def chromium():
+    return os.environ.get("TEXTVAE_CHROMIUM") or shutil.which("chromium") or \
+        shutil.which("chromium-browser")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"the web page's server stopped: {proc.stdout.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"the web page did not answer on {url} within {timeout} s")
+
+
+def web_page(run, out, seed=0):
+    """A photograph of the page with the poems of its first "Write"."""
+    from playwright.sync_api import sync_playwright
+    if not chromium():
+        raise SystemExit("no Chromium executable (apt-get install chromium, or set "
+                         "TEXTVAE_CHROMIUM)")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "serve", "--run",
+                             str(run), "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for(url, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), headless=True)
+            page = browser.new_page(viewport={"width": 1000, "height": 640})
+            page.goto(url)
+            page.click("#write-btn")
+            page.wait_for_function("document.querySelector('#poems textarea').value.length > 0",
+                                   timeout=120_000)
+            page.screenshot(path=str(out / "web.png"))
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="runs/tang5")
+    p.add_argument("--out", default="docs")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    latent_map(args.run, out)
+    web_page(args.run, out)
+    print(f"wrote {out / 'map.png'} and {out / 'web.png'}")
+
+
+if __name__ == "__main__":
+    main()
