@@ -287,6 +287,37 @@ def test_a_pace_that_slows_mid_run_cuts_the_run_within_its_budget(tmp_path, monk
         "cycle(s) (--minutes 0 trains them all)"]
 
 
+def test_steps_a_passing_slowdown_cut_are_given_back_at_the_next_record(tmp_path,
+                                                                          monkeypatch):
+    # 1 s a step, but 3 s for steps 60-69 (another program ran): five slow steps in,
+    # the run is cut to 98 steps; at the record of step 80 the pace is 1 s again and the
+    # planned 120 fit in the 180 s budget (140 s in all), so the run trains them.
+    from types import SimpleNamespace
+    import textvae.trainer as trainer
+    from textvae.config import TrainConfig
+    from textvae.model import VAEConfig
+    from textvae.run import read_metrics, read_saved_config
+    from .conftest import write_corpus
+    clock, real_step = {"t": 0.0}, trainer.Trainer.train_step
+
+    def passing_slowdown(self, *args, **kwargs):
+        clock["t"] += 3.0 if 60 <= self.step < 70 else 1.0
+        return real_step(self, *args, **kwargs)
+    monkeypatch.setattr(trainer.Trainer, "train_step", passing_slowdown)
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(time=lambda: clock["t"]))
+    out = tmp_path / "run"
+    tc = TrainConfig(corpus=str(write_corpus(tmp_path / "c.txt", POEM_LINES)), out=str(out),
+                     min_steps=120, minutes=3, batch_size=4, eval_every=40, ckpt_every=40,
+                     iw_samples=0, amp="off")
+    said = []
+    trainer.train(tc, VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8,
+                                refiner_dim=8, refiner_heads=2), log=said.append)
+    assert [r["step"] for r in read_metrics(out)] == [40, 80, 120]
+    assert clock["t"] == 140.0 and read_saved_config(out)["train"]["max_steps"] == 120
+    assert [s.split(": ")[1].split(",")[1].strip() for s in said if "--minutes" in s] == [
+        "98 of the planned 120 steps fit", "120 of the planned 120 steps fit"]
+
+
 @pytest.mark.parametrize("given, saved", [(0.0, 0.5), (0.8, 0.8)])
 def test_the_kl_weight_is_the_recipes_unless_given(tmp_path, monkeypatch, given, saved):
     from textvae.config import TrainConfig

@@ -131,10 +131,12 @@ class Budget:
     record or checkpoint inside one step does not move it). At BUDGET_PROBE[1] and at
     every validation record the run is fitted to the steps that fit; between them the
     clock is read every ``every`` steps (1; the ranks' look under torchrun), and a pace
-    that would overrun the budget cuts the run there. Only ever fewer steps."""
+    that would overrun the budget cuts the run there. A record may give back steps a
+    passing slowdown cut, up to the ``planned`` length, never beyond it."""
 
-    def __init__(self, seconds, eval_every, every=1):
+    def __init__(self, seconds, eval_every, every=1, planned=0):
         self.seconds, self.eval_every, self.every = seconds, eval_every, every
+        self.planned = planned
         self.times = deque(maxlen=PACE_STEPS + 1)  # (step, time) of the latest steps
         self.per_step = None
 
@@ -151,8 +153,11 @@ class Budget:
         if step >= last and len(self.times) > 1:
             self.per_step = self._pace()
             fits = step + int(max(left, 0) / self.per_step)
-            if due or fits < total:
-                return min(total, smallest(max(step, fits)))
+            # Between records only a pace that overruns the whole budget cuts (to 97%
+            # of it again): a pace that drifts a little is not a cut every step.
+            overrun = elapsed + (total - step) * self.per_step > self.seconds
+            if due or overrun:
+                return min(self.planned if due else total, smallest(max(step, fits)))
         # Before the first fit, or at a pace that fits: only a budget already spent stops.
         return min(total, smallest(step if elapsed >= self.seconds else total))
 
@@ -162,11 +167,11 @@ class Budget:
         gaps = sorted((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(times, times[1:]))
         return gaps[len(gaps) // 2]
 
-    def cut(self, minutes, step, fits, total, cycles):
-        """What a cut says: the pace (or where the budget ran out) and the steps left."""
+    def cut(self, minutes, step, fits, cycles):
+        """What a refit says: the pace (or where the budget ran out) and the steps left."""
         pace = f"at {self.per_step:.2f} s a step" if self.per_step else f"spent at step {step}"
-        return (f"{self.label(minutes)}: {pace}, {fits} of the planned {total} steps fit, "
-                f"in {cycles} KL cycle(s) (--minutes 0 trains them all)")
+        return (f"{self.label(minutes)}: {pace}, {fits} of the planned {self.planned} steps "
+                f"fit, in {cycles} KL cycle(s) (--minutes 0 trains them all)")
 
     def label(self, minutes):
         """'--minutes M', with the line model's share where the poem chain takes some."""
@@ -201,7 +206,7 @@ class Trainer:
         self.beta = kl_schedule(self.tc, self.total)
         # A budget that has fitted a length wrote it as max_steps: a resumed run keeps it.
         self.budget = Budget(tc.line_seconds() if not tc.max_steps else 0, tc.eval_every,
-                             SYNC_EVERY if self.group.active else 1)
+                             SYNC_EVERY if self.group.active else 1, self.total)
         self.cycle_len = self.total / tc.kl_cycles  # as planned, before any budget cut
         if use_compile(tc.compile, self.device, self.total, self.group.active):
             self.loss_of = CompiledOrPlain(self.loss_of, log)
@@ -345,12 +350,12 @@ class Trainer:
         reader of the config all see the run that was trained."""
         fits = self.budget.steps_that_fit(self.step, self.total, self.seconds(), time.time(),
                                           self.group.smallest)
-        if fits >= self.total:
+        if fits == self.total:
             return
         # A cut run keeps the planned length of a KL cycle, in fewer cycles: squeezing
         # the cycles leaves too few steps at full KL weight to learn a code.
         cycles = max(1, round(fits / self.cycle_len))
-        self.log("\n" + self.budget.cut(self.tc.minutes, self.step, fits, self.total, cycles))
+        self.log("\n" + self.budget.cut(self.tc.minutes, self.step, fits, cycles))
         self.total = self.tc.max_steps = fits
         self.tc.kl_cycles = cycles
         self.beta = kl_schedule(self.tc, self.total)
