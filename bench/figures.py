@@ -3,7 +3,8 @@
     python bench/figures.py [--run runs/tang5] [--out docs]
 
 Writes, into --out:
-  map.png   the latent map of the run's test lines (`generate.py map`, coloured by season)
+  map.png   the latent map of 2,000 of the run's test lines (`generate.py map --labels 0`,
+            coloured by season)
   web.png   the web page (`generate.py serve`) after "Write", photographed in a headless
             Chromium (Debian's `chromium`, or $TEXTVAE_CHROMIUM) driven by Playwright
 The training curves (curves.png) are copied by bench/report.py with the results.
@@ -22,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def latent_map(run, out):
+    # --labels 0: the repository carries no corpus text, so no test line is written on it.
     subprocess.run([sys.executable, str(ROOT / "generate.py"), "map", "--run", str(run),
-                    "--out", str(out / "map.png")], check=True)
+                    "--labels", "0", "--out", str(out / "map.png")], check=True)
 
 
 def chromium():

@@ -10,6 +10,7 @@ Sections, each left out where its input is missing:
   blind panels        each panel's scores.json (bench/blind.py score), with the sources
                       of its systems and 16 items of each system verbatim, as readers saw them
   poem statistics     bench/poems.py --json
+  speed               bench/speed.py's output saved to --speed (runs/bench-speed.txt)
 The header names the date, the commit and the machine. With --readme, the block between
 README.md's RESULTS markers is rewritten too: the first two panels' means, the run's training
 curves (copied to docs/curves.png), and its first poems and an interpolation as
@@ -115,6 +116,17 @@ def poems_section(path):
     return "\n".join(out) + "\n"
 
 
+def speed_section(path):
+    """bench/speed.py's output as it printed it (`python bench/speed.py > FILE`)."""
+    text = Path(path).read_text(encoding="utf-8").strip()
+    return (f"## Speed: `python bench/speed.py --sizes 100000,1000000 > {path}`\n\n"
+            "The step's GFLOP/s beside this machine's matrix-product ceiling measured in "
+            "the same run; writing lines in-process with the cached refiner beside the "
+            "full-pass algorithm it replaced (both write the same lines); generate.py as "
+            "a user runs it; the previous README's figures for reference.\n\n"
+            f"```text\n{text}\n```\n")
+
+
 MARKERS = ("<!-- RESULTS: written by bench/report.py -->", "<!-- /RESULTS -->")
 
 
@@ -157,6 +169,8 @@ def main(argv=None):
     p.add_argument("--poems-json", default="runs/bench-poems.json")
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--readme", help="also rewrite this README's RESULTS block")
+    p.add_argument("--speed", default="runs/bench-speed.txt",
+                   help="bench/speed.py's output, saved (left out where missing)")
     args = p.parse_args(argv)
     parts = [header()]
     if (Path(args.run) / "summary.json").exists():
@@ -164,6 +178,8 @@ def main(argv=None):
     parts += [panel_section(f) for f in args.panels if (Path(f) / "scores.json").exists()]
     if Path(args.poems_json).exists():
         parts.append(poems_section(args.poems_json))
+    if Path(args.speed).exists():
+        parts.append(speed_section(args.speed))
     Path(args.out).write_text("\n".join(parts), encoding="utf-8")
     print(f"{args.out}: {len(parts) - 1} sections")
     if args.readme:
