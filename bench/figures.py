@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -39,11 +40,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_for(url, proc, timeout=120):
+def wait_for(url, proc, log, timeout=120):
     start = time.time()
     while time.time() - start < timeout:
         if proc.poll() is not None:
-            raise SystemExit(f"the web page's server stopped: {proc.stdout.read()[-2000:]}")
+            log.seek(0)
+            raise SystemExit(f"the web page's server stopped: {log.read()[-2000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -52,19 +54,21 @@ def wait_for(url, proc, timeout=120):
     raise SystemExit(f"the web page did not answer on {url} within {timeout} s")
 
 
-def web_page(run, out, seed=0):
+def web_page(run, out):
     """A photograph of the page with the poems of its first "Write"."""
     from playwright.sync_api import sync_playwright
     if not chromium():
         raise SystemExit("no Chromium executable (apt-get install chromium, or set "
                          "TEXTVAE_CHROMIUM)")
     port = free_port()
+    # The server's output goes to a file: a pipe nobody reads blocks it once full.
+    log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "serve", "--run",
-                             str(run), "--port", str(port)], stdout=subprocess.PIPE,
+                             str(run), "--port", str(port)], stdout=log,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_for(url, proc)
+        wait_for(url, proc, log)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium(), headless=True)
             page = browser.new_page(viewport={"width": 1000, "height": 640})

@@ -119,7 +119,7 @@ def poems_section(path):
 def speed_section(path):
     """bench/speed.py's output as it printed it (`python bench/speed.py > FILE`)."""
     text = Path(path).read_text(encoding="utf-8").strip()
-    return (f"## Speed: `python bench/speed.py --sizes 100000,1000000 > {path}`\n\n"
+    return (f"## Speed: `python bench/speed.py ... > {path}`\n\n"
             "The step's GFLOP/s beside this machine's matrix-product ceiling measured in "
             "the same run; writing lines in-process with the cached refiner beside the "
             "full-pass algorithm it replaced (both write the same lines); generate.py as "

@@ -365,9 +365,11 @@ def main():
     user_table(args.run, device, args.smoke)
 
 
-def timed(fn):
+def timed(fn, device):
+    sync(device)
     t = time.perf_counter()
     out = fn()
+    sync(device)
     return out, time.perf_counter() - t
 
 
@@ -376,20 +378,20 @@ def writing_table(run, n):
     (heads' draft, refiner), that path with the refiner recomputing the whole line at
     every pass (the algorithm before the cache), and the default poems' lines (each the
     best of 64 candidates) both ways; the cached and full-pass lines must be the same."""
-    sc = for_run(run, SampleConfig())
+    sc, device = for_run(run, SampleConfig()), decoding.device_of(run)
     z = torch.randn(n, run.model.cfg.latent, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        _, heads = timed(lambda: run.model.decode(z).argmax(-1))
+        _, heads = timed(lambda: run.model.decode(z.to(device)).argmax(-1), device)
     rows, ids = [("heads only (draft argmax)", n / heads)], {}
     for cached in (True, False):
         ids[cached], sec = timed(lambda: decoding.write_ids(
             run.model, run.lengths, z, sc.noise, sc, gen=torch.Generator().manual_seed(1),
-            cached=cached))
+            cached=cached), device)
         rows.append((f"full path, refiner {'cached' if cached else 'full passes (before)'}",
                      n / sec))
     same = torch.equal(ids[True], ids[False])
     if run.chain is not None:
-        rows += poem_rows(run, sc, max(1, n // 256))
+        rows += poem_rows(run, sc, max(1, n // 256), device)
     print(f"\nwriting lines in-process ({n} prior samples; cached and full-pass lines "
           f"{'identical' if same else 'DIFFER'})")
     print(f"{'path':<44} {'lines/s':>9}")
@@ -399,14 +401,15 @@ def writing_table(run, n):
     print(f"{'full path speed-up':<44} {base[rows[1][0]] / base[rows[2][0]]:>8.1f}x")
 
 
-def poem_rows(run, sc, n_poems):
+def poem_rows(run, sc, n_poems, device):
     """The default poems' lines/s (64 candidates a line) with each refiner path."""
     out, real = [], decoding.write_ids
     for cached in (True, False):
         decoding.write_ids = lambda *a, **k: real(*a, **k, cached=cached)
         try:
             _, sec = timed(lambda: poem.chain_poems(run, n_poems, sc,
-                                                    torch.Generator().manual_seed(2), 64))
+                                                    torch.Generator().manual_seed(2), 64),
+                           device)
         finally:
             decoding.write_ids = real
         out.append((f"poems, 64 candidates a line, {'cached' if cached else 'before'}",

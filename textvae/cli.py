@@ -10,6 +10,7 @@ import inspect
 import json
 import re
 import sys
+import typing
 from dataclasses import fields
 from pathlib import Path
 
@@ -66,6 +67,13 @@ def _field_help(cls):
     return helps
 
 
+def _flag_type(annotation):
+    """int, float or str for a field's type, ``float | None`` included (None: the default)."""
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    name = getattr(kinds[0], "__name__", str(kinds[0]).split("|")[0].strip())
+    return {"int": int, "float": float}.get(name, str)
+
+
 def _add_fields(parser, cls, skip=()):
     helps = _field_help(cls)
     for f in fields(cls):
@@ -77,7 +85,7 @@ def _add_fields(parser, cls, skip=()):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=helps.get(f.name))
         else:
-            typ = {"int": int, "float": float, "str": str}.get(getattr(f.type, "__name__", f.type), str)
+            typ = _flag_type(f.type)
             default = f" (default: {f.default})" if f.default not in ("", None) else ""
             parser.add_argument(flag, type=typ, default=None,
                                 choices=getattr(cls, "CHOICES", {}).get(f.name),

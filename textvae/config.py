@@ -46,8 +46,8 @@ class TrainConfig:
     max_steps: int = 0            # > 0: train exactly this many steps, whatever --epochs
                                   # and --minutes
     minutes: float = 15.0         # time budget: where the planned steps would take longer
-                                  # on this machine (timed over the run's steps 10-50),
-                                  # train as many as fit; 0: none (the same steps on any
+                                  # on this machine, train as many as fit (the clock is
+                                  # read every step); 0: none (the same steps on any
                                   # machine, as many minutes as they take)
     batch_size: int = 256         # lines per step, at most; see batch_chars
     batch_chars: int = 2048       # a step holds at most this many positions, so long
@@ -75,8 +75,9 @@ class TrainConfig:
     iw_samples: int = 100         # k for the final test IW-NLL (0 skips it)
     seed: int = 0                 # fixes initialisation, data order and sampling
     device: str = "auto"          # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
-    amp: str = "auto"             # bf16 autocast: auto = on for CUDA and for CPUs with AMX
-                                  # tiles (faster than fp32 there), bf16 = on, off = fp32
+    amp: str = "auto"             # bf16 autocast: auto = on for CUDA GPUs with native bf16
+                                  # and for CPUs timed 1.5x faster in bf16 than fp32
+                                  # (AVX-512 BF16, AMX), bf16 = on, off = fp32
     compile: str = "auto"         # torch.compile the training step into CUDA graphs: auto =
                                   # on for CUDA runs of 2,000+ steps (~30 s to compile, then
                                   # a 5x faster step on an H100), on, off

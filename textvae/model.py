@@ -288,6 +288,7 @@ class Refiner(nn.Module):
         assert not self.training, "the cached refiner is for writing (eval mode)"
         grown = []
         for layer, kv in zip(self.blocks.layers, cache):
+            assert layer.norm_first, "written for pre-norm layers, as __init__ builds them"
             attn = layer.self_attn
             heads = attn.num_heads
             q, k, v = F.linear(layer.norm1(x), attn.in_proj_weight,

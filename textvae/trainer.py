@@ -39,8 +39,8 @@ INTERRUPTED = 130
 # Steps between the loop's looks at device values (a non-finite loss, a stop on another
 # rank): each look waits for the device, so it is not done every step.
 SYNC_EVERY = 20
-# --minutes is first fitted at the second of these steps, from the time per step since
-# the first: past start-up (and compiling), before the schedules have gone far.
+# --minutes is first fitted at the second of these steps; step times count from the
+# first: past start-up (and compiling), before the schedules have gone far.
 BUDGET_PROBE = (10, 50)
 PACE_STEPS = 9  # the budget's pace: the median of this many step times
 
@@ -130,11 +130,12 @@ class Budget:
     """--minutes as a promise. The pace is the median time of the last few steps (a
     record or checkpoint inside one step does not move it). At BUDGET_PROBE[1] and at
     every validation record the run is fitted to the steps that fit; between them the
-    clock is read every ``every`` steps (1; the ranks' look under torchrun), and a pace
+    clock is read every ``every`` steps (every step; under torchrun every SYNC_EVERY
+    steps, when the ranks compare notes anyway), and a pace
     that would overrun the budget cuts the run there. A record may give back steps a
     passing slowdown cut, up to the ``planned`` length, never beyond it."""
 
-    def __init__(self, seconds, eval_every, every=1, planned=0):
+    def __init__(self, seconds, eval_every, every, planned):
         self.seconds, self.eval_every, self.every = seconds, eval_every, every
         self.planned = planned
         self.times = deque(maxlen=PACE_STEPS + 1)  # (step, time) of the latest steps
@@ -165,7 +166,7 @@ class Budget:
         """Median seconds a step over the latest PACE_STEPS steps."""
         times = list(self.times)
         gaps = sorted((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(times, times[1:]))
-        return gaps[len(gaps) // 2]
+        return max(gaps[len(gaps) // 2], 1e-6)  # a coarse clock may see no time pass
 
     def cut(self, minutes, step, fits, cycles):
         """What a refit says: the pace (or where the budget ran out) and the steps left."""
@@ -200,7 +201,7 @@ class Trainer:
         # Fused Adam: one kernel for all parameters on a GPU instead of a dozen per tensor.
         self.opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                                     fused=self.device.type == "cuda")
-        self.bf16 = use_amp(tc.amp, self.device)
+        self.bf16 = not self.group.any(not use_amp(tc.amp, self.device))  # all ranks alike
         self._data(tok, corpus)
         self.total = tc.total_steps(self.per_epoch)
         self.beta = kl_schedule(self.tc, self.total)
