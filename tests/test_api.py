@@ -1,9 +1,10 @@
-import pytest
 """The Python API, as the README shows it, and what a run folder stores about paths."""
 import json
 import os
 import re
 from pathlib import Path
+
+import pytest
 
 from textvae.data import corpus_of_run
 
@@ -47,3 +48,14 @@ def test_config_stores_paths_relative_to_the_run_folder(overfit_run):
 def test_bare_help_lists_the_default_commands_options():
     r = run_cli("generate.py", "--help")
     assert r.returncode == 0 and "--num" in r.stdout and "--form" in r.stdout
+
+
+@pytest.mark.parametrize("args, field, value", [
+    (["sample", "--temperature", "0.5"], "temperature", 0.5),
+    (["interpolate", "a", "b", "--stay", "3"], "stay", 3.0),
+    (["sample", "--top-k", "7", "--independent"], "top_k", 7),
+    (["sample"], "noise", 0.5)])
+def test_sampling_flags_come_from_sample_config_with_its_types(args, field, value):
+    from textvae.cli import _sample_config, generate_parser
+    sc = _sample_config(generate_parser().parse_args(args))
+    assert getattr(sc, field) == value and type(getattr(sc, field)) is type(value)
