@@ -71,12 +71,12 @@ def web_page(run, out):
         wait_for(url, proc, log)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium(), headless=True)
-            page = browser.new_page(viewport={"width": 1000, "height": 640})
+            page = browser.new_page(viewport={"width": 1000, "height": 820})
             page.goto(url)
             page.click("#write-btn")
             page.wait_for_function("document.querySelector('#poems textarea').value.length > 0",
                                    timeout=120_000)
-            page.screenshot(path=str(out / "web.png"))
+            page.screenshot(path=str(out / "web.png"), full_page=True)
             browser.close()
     finally:
         proc.terminate()

@@ -265,12 +265,13 @@ def scaling_table(tok, sizes, steps, device):
               f"{ep['rss_mb']:>12.0f}")
 
 
-def step_table(tok, max_len, data, amp, device, steps, ceil):
-    """The training step of each config: time, GFLOP/s beside the ceiling, sampling
+def step_table(tok, max_len, data, amp, device, steps, ceil, ceil32):
+    """The training step of each config: time, GFLOP/s beside the ceiling of the dtype
+    it multiplies in (bf16 under autocast) and beside fp32's, sampling
     speed of the heads, parameters, memory, host syncs. Returns name -> (model, opt,
     step, GFLOP)."""
     print(f"{'config':<16} {'batch':>5} {'ms/step':>8} {'lines/s':>9} {'GFLOP/step':>10} "
-          f"{'GFLOP/s':>8} {'of ceiling':>10} {'sample lines/s':>14} {'params':>8} "
+          f"{'GFLOP/s':>8} {'of ceiling':>10} {'of fp32':>7} {'sample lines/s':>14} {'params':>8} "
           f"{'peak RSS MB':>11} {'syncs/step':>10}")
     rows = {}
     # The compiled step is what `train.py` runs on a GPU (--compile auto); its first
@@ -306,6 +307,7 @@ def step_table(tok, max_len, data, amp, device, steps, ceil):
         rows[name] = (model, opt, step, gflop)
         print(f"{name:<16} {tc.batch_size:>5} {sec * 1e3:>8.1f} {tc.batch_size / sec:>9.0f} "
               f"{gflop:>10.2f} {gflop / sec:>8.0f} {gflop / sec / ceil:>10.0%} "
+              f"{gflop / sec / ceil32:>7.0%} "
               f"{sample_rate:>14.0f} {params:>7.2f}M {rss:>11.0f} "
               f"{'-' if syncs is None else syncs:>10}")
     print(f"(previous README, this CPU: default {PREVIOUS['step ms']} ms/step, "
@@ -341,7 +343,7 @@ def main():
     print(f"matrix-product ceiling (2048^3): fp32 {ceil32:.0f} GFLOP/s, bf16 {ceil16:.0f} GFLOP/s\n")
 
     rows = step_table(tok, corpus.max_chars, data, amp, device, args.steps,
-                      ceil16 if amp else ceil32)
+                      ceil16 if amp else ceil32, ceil32)
     fastest = "default+compile" if "default+compile" in rows else "default"
     print(f"\nstep time against batch size ({fastest})")
     print(f"{'batch':>6} {'ms/step':>8} {'lines/s':>9}")
