@@ -34,6 +34,8 @@ RUN_ROWS = [  # (summary key, what it is)
     ("acc_mu", "char accuracy from mu"), ("exact_fit", "exact lines from fitted z"),
     ("novel", "samples novel"), ("unique", "samples unique"),
     ("distinct_2", "distinct-2 (samples)"), ("distinct_2_real", "distinct-2 (real lines)"),
+    ("adjacent_repeat", "a character next to itself (samples)"),
+    ("adjacent_repeat_real", "a character next to itself (real lines)"),
     ("kn_bits", "KN-3 bits/char (samples)"), ("kn_bits_real", "KN-3 bits/char (real lines)"),
     ("interp_distinct", "interpolation distinct lines / 8"),
     ("interp_changed", "interpolation chars changed / step"),
