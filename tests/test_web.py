@@ -6,14 +6,14 @@ them the test is skipped, unless TEXTVAE_REQUIRE_BROWSER=1 (as .ci/run sets), wh
 missing piece is a failure, so CI cannot pass by skipping.
 """
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+
+from bench.figures import chromium, free_port
 
 from .conftest import ROOT
 
@@ -32,17 +32,6 @@ def _missing():
     if not chromium():
         return "no Chromium executable (apt-get install chromium, or set TEXTVAE_CHROMIUM)"
     return None
-
-
-def chromium():
-    return os.environ.get("TEXTVAE_CHROMIUM") or shutil.which("chromium") or \
-        shutil.which("chromium-browser")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

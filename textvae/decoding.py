@@ -203,7 +203,7 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
 def _write_cached(model, ids, fixed, z, levels, draft, sc, rules, gen, gumbel, prefer):
     """The refiner writes the free positions left to right, one position a pass, its
     keys and values kept (Refiner.start / step)."""
-    ref, B, L = model.refiner, *ids.shape
+    ref, L = model.refiner, ids.shape[1]
     todo = (~fixed).flip(1).cumsum(1).flip(1) > 0     # (B, L): a free position at or after
     cache = ref.start(z, levels)
     before = torch.full_like(ids[:, 0], ref.start_id)
