@@ -1,9 +1,10 @@
 """Sample quality of the default model beside its anchors: same data, same budget.
 
     python bench/quality.py [--minutes 15] [--corpus tang5] [--run runs/tang5]
-                            [--iw-samples 100] [--max-lines 0]
+                            [--iw-samples 100] [--max-lines 0] [--runs runs]
 
-Systems, each trained for ``--minutes`` of wall clock on the same training split:
+Systems, each trained for ``--minutes`` of wall clock (train.py --minutes; for tang5 the
+default run fits its poem chain within them too) on the same training split:
   default  the default VAE (``--run`` reuses a finished run, e.g. the README's)
   su2018   Su Jianlin's 2018 poetry VAE (``--preset su2018``)
   charlm   a one-layer GRU character LM (bench/charlm.py): what a user would pick to
@@ -22,52 +23,25 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.speed import configs_for, step_fn, time_steps  # noqa: E402
 from textvae.data import load_corpus  # noqa: E402
 from textvae.evaluate import evaluate_split, format_table, judge_samples  # noqa: E402
-from textvae.model import TextVAE  # noqa: E402
 from textvae.run import load_run  # noqa: E402
-from textvae.corpora import default_units  # noqa: E402
-from textvae.tokenizer import VOCAB, CharTokenizer, tokenizer_class  # noqa: E402
-from textvae.device import resolve_device, use_amp  # noqa: E402
+from textvae.tokenizer import CharTokenizer  # noqa: E402
+from textvae.device import resolve_device  # noqa: E402
 
 VAES = {"default": [], "su2018": ["--preset", "su2018"]}
 
 
-def steps_for(name, minutes, data, tok):
-    """Training steps that fit in ``minutes``, from the measured step time (+5% for
-    validation and checkpoints); ``data``: the training ids as the VAEs see them."""
-    tc, mc = configs_for(name, tok, data.shape[1])
-    device = resolve_device("auto")
-    model = TextVAE(mc).to(device)
-    step = step_fn(model, torch.optim.Adam(model.parameters(), lr=tc.lr),
-                   use_amp("auto", device), device)
-    sec = time_steps(step, data, tc.lines_per_step(data.shape[1]), 20, device) * 1.05
-    return max(1, int(minutes * 60 / sec))
-
-
-def vae_ids(args, corpus):
-    """The tokenizer the VAEs train with (characters, or pieces: corpora.default_units)
-    and the training split's ids under it, to time their steps."""
-    units = default_units(args.corpus, corpus.train)
-    tok = tokenizer_class(units).train(corpus.train, VOCAB[units])
-    L = max(tok.longest(lines) for lines in corpus.splits.values())
-    return tok, torch.from_numpy(tok.encode_batch(list(corpus.train), L))
-
-
 def train_vae(name, args, corpus):
+    """The system's run, trained by train.py within --minutes (the budget is kept to the
+    step), or reused where it exists."""
     out = Path(args.runs) / f"bench-{name}-{corpus.name}"
     if not (out / "model.safetensors").exists():
-        tok, data = vae_ids(args, corpus)
-        steps = steps_for(name, args.minutes, data, tok)
-        print(f"{name}: {steps} steps fit in {args.minutes:g} min", flush=True)
         subprocess.run([sys.executable, str(ROOT / "train.py"), "--corpus", args.corpus,
-                        "--out", str(out), "--max-steps", str(steps), "--iw-samples", "0",
-                        *VAES[name]], check=True, cwd=ROOT)
+                        "--out", str(out), "--minutes", str(args.minutes), "--iw-samples",
+                        "0", *VAES[name]], check=True, cwd=ROOT)
     return out
 
 
