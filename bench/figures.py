@@ -76,6 +76,7 @@ def web_page(run, out):
             page.click("#write-btn")
             page.wait_for_function("document.querySelector('#poems textarea').value.length > 0",
                                    timeout=120_000)
+            page.wait_for_timeout(2000)  # the page greys an output until its event ends
             page.screenshot(path=str(out / "web.png"), full_page=True)
             browser.close()
     finally:

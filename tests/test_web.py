@@ -136,3 +136,15 @@ def test_page_in_a_real_browser(server, tmp_path):
         browser.close()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+def test_figures_bench_draws_the_readmes_pictures(server, overfit_run, tmp_path):
+    # `server` only for its check that a browser is here (skip or fail as CI asks).
+    from .test_latent import assert_a_drawn_png
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "figures.py"), "--run",
+                        str(overfit_run.dir), "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("map.png", "web.png"):
+        assert_a_drawn_png(tmp_path / name)
