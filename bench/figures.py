@@ -10,6 +10,7 @@ Writes, into --out:
 The training curves (curves.png) are copied by bench/report.py with the results.
 """
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -40,18 +41,41 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_for(url, proc, log, timeout=120):
+class ServerError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def serving(run):
+    """`generate.py serve --run RUN` on a free port, until the block ends: its URL."""
+    port = free_port()
+    # The server's output goes to a file: a pipe nobody reads blocks it once full.
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "serve", "--run",
+                                 str(run), "--port", str(port)], stdout=log,
+                                stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            _wait_for(url, proc, log)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def _wait_for(url, proc, log, timeout=120):
     start = time.time()
     while time.time() - start < timeout:
         if proc.poll() is not None:
             log.seek(0)
-            raise SystemExit(f"the web page's server stopped: {log.read()[-2000:]}")
+            raise ServerError(f"the web page's server stopped: {log.read()[-2000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
         except OSError:
             time.sleep(0.5)
-    raise SystemExit(f"the web page did not answer on {url} within {timeout} s")
+    raise ServerError(f"the web page did not answer on {url} within {timeout} s")
 
 
 def web_page(run, out):
@@ -60,28 +84,16 @@ def web_page(run, out):
     if not chromium():
         raise SystemExit("no Chromium executable (apt-get install chromium, or set "
                          "TEXTVAE_CHROMIUM)")
-    port = free_port()
-    # The server's output goes to a file: a pipe nobody reads blocks it once full.
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "serve", "--run",
-                             str(run), "--port", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for(url, proc, log)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium(), headless=True)
-            page = browser.new_page(viewport={"width": 1000, "height": 820})
-            page.goto(url)
-            page.click("#write-btn")
-            page.wait_for_function("document.querySelector('#poems textarea').value.length > 0",
-                                   timeout=120_000)
-            page.wait_for_timeout(2000)  # the page greys an output until its event ends
-            page.screenshot(path=str(out / "web.png"), full_page=True)
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serving(run) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), headless=True)
+        page = browser.new_page(viewport={"width": 1000, "height": 820})
+        page.goto(url)
+        page.click("#write-btn")
+        page.wait_for_function("document.querySelector('#poems textarea').value.length > 0",
+                               timeout=120_000)
+        page.wait_for_timeout(2000)  # the page greys an output until its event ends
+        page.screenshot(path=str(out / "web.png"), full_page=True)
+        browser.close()
 
 
 def main(argv=None):
@@ -92,7 +104,10 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     latent_map(args.run, out)
-    web_page(args.run, out)
+    try:
+        web_page(args.run, out)
+    except ServerError as e:
+        raise SystemExit(str(e)) from None
     print(f"wrote {out / 'map.png'} and {out / 'web.png'}")
 
 

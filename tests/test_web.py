@@ -8,12 +8,10 @@ missing piece is a failure, so CI cannot pass by skipping.
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
-from bench.figures import chromium, free_port
+from bench.figures import chromium, serving
 
 from .conftest import ROOT
 
@@ -41,32 +39,8 @@ def server(overfit_run):
         if REQUIRED:
             pytest.fail(why)
         pytest.skip(why)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "serve", "--run",
-                             str(overfit_run.dir), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_for(url, proc)
+    with serving(overfit_run.dir) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _wait_for(url, proc, timeout=120):
-    start = time.time()
-    while time.time() - start < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"server did not answer on {url} within {timeout} s")
 
 
 def _value(page, elem_id):
