@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from textvae.errors import UserError
+from textvae.model import log_normal
 from textvae.poem import (ChainConfig, LatentChain, association, association_bits, fit_chain,
-                          log_density, read_stanzas)
+                          read_stanzas)
 from textvae.run import CHAIN, load_run, save_chain
 
 from .conftest import POEM_LINES, copy_run_files, run_cli, write_corpus
@@ -54,7 +55,7 @@ def test_independent_lines_do_not_follow_each_other(chained_run):
 def test_the_chain_density_is_a_diagonal_gaussian():
     z, m, logvar = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
     want = torch.distributions.Normal(m, (0.5 * logvar).exp()).log_prob(z).sum(-1)
-    assert torch.allclose(log_density(z, m, logvar), want, atol=1e-5)
+    assert torch.allclose(log_normal(z, m, logvar), want, atol=1e-5)
 
 
 def test_a_line_is_drawn_only_from_the_lines_before_it():

@@ -203,13 +203,11 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
 def _write_cached(model, ids, fixed, z, levels, draft, sc, rules, gen, gumbel, prefer):
     """The refiner writes the free positions left to right, one position a pass, its
     keys and values kept (Refiner.start / step)."""
-    ref, L = model.refiner, ids.shape[1]
-    todo = (~fixed).flip(1).cumsum(1).flip(1) > 0     # (B, L): a free position at or after
+    ref, free = model.refiner, (~fixed).any(0).nonzero()
     cache = ref.start(z, levels)
     before = torch.full_like(ids[:, 0], ref.start_id)
-    for t in range(L):
-        if not todo[:, t].any():
-            break
+    # Up to the last column with a free position: one look at the device, not one a pass.
+    for t in range(int(free.max()) + 1 if len(free) else 0):
         h, cache = ref.step(cache, before, t, draft[:, t])                  # (B, d)
         rows = (~fixed[:, t]).nonzero().squeeze(1)
         if len(rows):

@@ -30,24 +30,18 @@ from .decoding import SampleConfig, fit_z, write_ids, write_lines
 from .sampling import sample
 from .judge import (CharBigram, CharKN, adjacent_repeat_share, chars_changed, distinct_n,
                     fewest_changed, known_word_share)
-from .model import gaussian_kl
+from .model import gaussian_kl, log_normal
 from .run import (load_run, read_metrics, read_saved_config, weights_step, write_curves,
                   write_summary)
 from .tokenizer import PAD, UNK
 
 JUDGE_LINES = 1_000_000  # training lines the judges are fitted on, at most
 
-LOG_2PI = math.log(2 * math.pi)
 
 
 def _batches(idx, size):
     for i in range(0, len(idx), size):
         yield idx[i:i + size]
-
-
-def log_normal(z, mu, logvar):
-    """log N(z; mu, diag(exp(logvar))), summed over the last dimension."""
-    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
 def log_px_given_z(model, z, idx):

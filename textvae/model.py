@@ -33,6 +33,7 @@ References
 - Shu et al. 2020, Latent-Variable Non-Autoregressive Neural Machine Translation.
 - Ho et al. 2020 / Rombach et al. 2022: noise-level-conditioned denoising of a latent.
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -311,6 +312,11 @@ def noised(z, noise, eps):
 
 # ---------------------------------------------------------------------------------------
 # The VAE
+
+def log_normal(z, mu, logvar):
+    """log N(z; mu, diag(exp(logvar))), summed over the last dimension."""
+    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
 
 def gaussian_kl(mu, logvar):
     """KL(N(mu, sigma^2) || N(0, 1)) per dimension, closed form (Kingma & Welling, app. B):

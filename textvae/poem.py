@@ -18,7 +18,6 @@ model finds most likely as a line (its refiner read as a plain language model, a
 mu). Jiuge re-ranks candidate lines the same way (Yi et al. 2019); Shu et al. 2020 found
 latent search with rescoring worth most of the gap to an autoregressive model.
 """
-import math
 import random
 import re
 import time
@@ -29,6 +28,7 @@ import torch.nn as nn
 
 from .config import Saved
 from .errors import UserError
+from .model import log_normal
 
 
 @dataclass
@@ -78,17 +78,12 @@ class LatentChain(nn.Module):
         return (*self.params(out[:, 0]), h)
 
 
-def log_density(z, m, logvar):
-    """log N(z; m, diag(exp(logvar))), summed over the last dimension."""
-    return -0.5 * (logvar + (z - m).pow(2) / logvar.exp() + math.log(2 * math.pi)).sum(-1)
-
-
 def nll_per_line(chain, mu, logvar, gen=None):
     """Nats a line of z ~ q(z|x) under the chain, and under N(0, I) (independent lines):
     their difference is what the chain knows of a line from the lines before it."""
     z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen)
     m, lv = chain(z)
-    return -log_density(z, m, lv).mean(), -log_density(z, torch.zeros_like(z),
+    return -log_normal(z, m, lv).mean(), -log_normal(z, torch.zeros_like(z),
                                                        torch.zeros_like(z)).mean()
 
 
@@ -243,7 +238,7 @@ def line_scores(run, ids, m, logvar, context):
     score = line_lm_nats(model, on).cpu()
     score -= w["unigram"] * chain.log_unigram[ids].sum(-1)
     if w["chain"]:
-        score += w["chain"] * log_density(model.encode(on)[0].cpu(), m, logvar)
+        score += w["chain"] * log_normal(model.encode(on)[0].cpu(), m, logvar)
     if context.shape[1] and w["assoc"]:
         score += w["assoc"] * association_bits(chain.assoc, ids, context)
     return score
@@ -264,6 +259,19 @@ def best_lines(run, ids, m, logvar, context, taken=None):
                 if written[i * K + k] in lines:
                     scores[i, k] = float("-inf")
     return torch.arange(n) * K + scores.argmax(1)
+
+
+def drawn(m, logvar, eps):
+    """z (n, K, D) = m + s eps: K draws for each of n poems from the chain's N(m, s^2)
+    (n, D), given the noise eps (n, K, D)."""
+    return m.unsqueeze(1) + (0.5 * logvar).exp().unsqueeze(1) * eps
+
+
+def read_on(run, ids, h):
+    """The chain's (m, logvar, h) for the next line, once it has read the lines ``ids``
+    (n, L) through their encoded mu (the chain lives on the CPU, the model may not)."""
+    from .decoding import device_of
+    return run.chain.next(run.model.encode(ids.to(device_of(run)))[0].cpu(), h)
 
 
 @torch.no_grad()
@@ -287,13 +295,13 @@ def chain_poems(run, n, sc, gen, candidates=16, n_lines=None, first=()):
     poems = [list(first) for _ in range(n)]
     for _ in range(n_lines - len(first)):
         eps = torch.randn(n, K, m.shape[-1], generator=gen)
-        z = (m.unsqueeze(1) + (0.5 * logvar).exp().unsqueeze(1) * eps).flatten(0, 1)
+        z = drawn(m, logvar, eps).flatten(0, 1)
         ids = write_lines(run, z, sc.noise, sc, gen=gen)                     # (n K, L)
         chosen = ids[best_lines(run, ids, m, logvar, context, taken=poems)]  # (n, L)
         for poem, text in zip(poems, texts(run, chosen)):
             poem.append(text)
         context = torch.cat([context, chosen], 1)
-        m, logvar, h = chain.next(model.encode(chosen.to(z.device))[0].cpu(), h)
+        m, logvar, h = read_on(run, chosen, h)
     return poems
 
 

@@ -24,7 +24,7 @@ import torch
 
 from .errors import UserError
 from .decoding import SampleConfig, pick_z, texts, write_lines
-from .poem import best_lines
+from .poem import best_lines, drawn, read_on
 from .sampling import chained, keyword_ids, place_keywords, prior_z
 from .prosody import PING, RHYMES, ZE, VerseForm, faultless, key_positions, table, templates
 from .tokenizer import PAD
@@ -121,7 +121,7 @@ def _batch(run, pc, vt, P, sc, gen):
                           allowed=allowed.repeat_interleave(R, 0))
         z, ids = _best_written(run, z, ids, chain, context)
         if chain is not None:  # the chain reads what was written, as in poem.chain_poems
-            chain = run.chain.next(run.model.encode(ids.to(z.device))[0].cpu(), chain[2])
+            chain = read_on(run, ids, chain[2])
             context = torch.cat([context, ids], 1)
         for p, (row, text) in enumerate(zip(ids.tolist(), texts(run, ids))):
             lines[p].append(text)
@@ -183,7 +183,7 @@ def _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw=None, chain=None, to
     eps = prior_z(run, P * C, gen, sc).view(P, C, -1)  # around the theme, if any
     if chain is not None:
         m, logvar, _ = chain
-        z = m.unsqueeze(1) + (0.5 * logvar).exp().unsqueeze(1) * eps
+        z = drawn(m, logvar, eps)
     elif z_prev is not None:
         z = pc.rho * z_prev.unsqueeze(1) + math.sqrt(1 - pc.rho ** 2) * eps
     else:
