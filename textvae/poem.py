@@ -140,9 +140,10 @@ def clauses(text):
 
 
 def stanza_ids(run, stanzas):
-    """Token ids (N, T, L) of the lines of ``stanzas`` (lists of T lines)."""
-    return torch.tensor([[run.tokenizer.encode(x, run.max_len, allow_unk=True) for x in st]
-                         for st in stanzas], dtype=torch.long)
+    """Token ids (N, T, L) of the lines of ``stanzas`` (lists of T lines, each of at most
+    the run's max_len characters), encoded in one call."""
+    ids = run.tokenizer.encode_batch([x for st in stanzas for x in st], run.max_len)
+    return torch.from_numpy(ids).view(len(stanzas), -1, run.max_len)
 
 
 @torch.no_grad()
