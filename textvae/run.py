@@ -165,8 +165,14 @@ def save_run(out, tc, mc, tok, corpus):
 def save_train_settings(out, **changes):
     """Change training settings in a run's config.json (the trainer's --minutes budget
     fixing max_steps); everything else in it stays as written."""
+    update_config(out, lambda config: config["train"].update(changes))
+
+
+def update_config(out, change):
+    """Apply ``change`` (a function that edits the dict in place) to a run's config.json;
+    everything else in it stays as written."""
     config = read_json(Path(out) / CONFIG)
-    config["train"].update(changes)
+    change(config)
     write_json(Path(out) / CONFIG, config)
 
 
@@ -266,12 +272,7 @@ def load_run(run_dir, device="cpu"):
     tok = load_tokenizer(run_dir / TOKENIZER, config["train"]["units"])
     state = read_weights(run_dir / WEIGHTS)
     check_compatible(cfg, tok, state, run_dir)
-    model = TextVAE(cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip()
-        raise UserError(f"{run_dir / WEIGHTS} does not fit config.json: {first}") from None
+    model = _loaded(TextVAE(cfg), state, run_dir / WEIGHTS)
     return Run(run_dir, model.to(device).eval(), tok, config, load_chain(run_dir, config))
 
 
@@ -281,21 +282,26 @@ def load_chain(run_dir, config):
     if "chain" not in config:
         return None
     chain = LatentChain(ChainConfig.from_dict(config["chain"]))
+    return _loaded(chain, read_weights(Path(run_dir) / CHAIN), Path(run_dir) / CHAIN).eval()
+
+
+def _loaded(module, state, path):
+    """``module`` with the weights ``state`` read from ``path``; one clear line where they
+    do not fit the architecture config.json describes."""
     try:
-        chain.load_state_dict(read_weights(Path(run_dir) / CHAIN))
+        module.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"{Path(run_dir) / CHAIN} does not fit config.json: "
-                        f"{str(e).strip().splitlines()[-1].strip()}") from None
-    return chain.eval()
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(f"{path} does not fit config.json: {first}") from None
+    return module
 
 
 def save_chain(run_dir, chain, figures):
     """Write the chain's weights, then its config (so config.json never names a chain
     whose weights are not there yet)."""
     save_weights(run_dir, chain, CHAIN)
-    config = read_json(Path(run_dir) / CONFIG)
-    config["chain"], config["chain_fit"] = chain.cfg.to_dict(), figures
-    write_json(Path(run_dir) / CONFIG, config)
+    update_config(run_dir, lambda config: config.update(chain=chain.cfg.to_dict(),
+                                                        chain_fit=figures))
 
 
 # ---------------------------------------------------------------------------------------
