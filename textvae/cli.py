@@ -289,8 +289,10 @@ def generate_main(argv):
         argv.insert(0, "sample")
     args = generate_parser().parse_args(argv)
     run = load_run(args.run, resolve_device(args.device))
-    if args.command in ("sample", "continue"):
+    if args.command == "sample":
         return _sample(run, args)
+    if args.command == "continue":
+        return _continue(run, args)
     if args.command == "evaluate":
         return _evaluate(run, args)
     if args.command == "map":
@@ -382,20 +384,28 @@ def _sample_config(args):
 
 def _sample(run, args):
     """Poems printed as they are written: any --num streams in constant memory."""
-    if args.num < 1 or (args.command == "sample" and args.lines < 0):
+    if args.num < 1 or args.lines < 0:
         raise UserError("--num must be at least 1 and --lines at least 0")
-    if args.command == "continue":
-        stream = continued(run, args.lines, args.num, _sample_config(args))
-    elif args.acrostic is not None and not args.acrostic.strip():
+    if args.acrostic is not None and not args.acrostic.strip():
         raise UserError("--acrostic needs at least one character")
-    elif args.form:
+    if args.form:
         pc = PoemConfig(form_named(args.form), args.rhyme, args.tones, args.acrostic or "",
                         args.coherence)
         stream = (couplets(p) for p in write_poems(run, pc, args.num, _sample_config(args)))
     else:
         n_lines = args.lines or run.config["data"]["lines_per_poem"]
         stream = poems(run, args.num, n_lines, _sample_config(args), heads=args.acrostic)
-    if args.format == "json":  # one JSON list of poems, written poem by poem
+    return _write_poems(stream, args.format)
+
+
+def _continue(run, args):
+    if args.num < 1:
+        raise UserError("--num must be at least 1")
+    return _write_poems(continued(run, args.lines, args.num, _sample_config(args)), args.format)
+
+
+def _write_poems(stream, how):
+    if how == "json":  # one JSON list of poems, written poem by poem
         sys.stdout.write("[")
         for i, poem in enumerate(stream):
             sys.stdout.write(("," if i else "") + "\n  " + json.dumps(poem, ensure_ascii=False))
