@@ -198,3 +198,30 @@ def test_refiner_steps_give_the_logits_of_a_whole_pass(overfit_run):
             h, cache = ref.step(cache, before, t, draft[:, t])
             torch.testing.assert_close(ref.out(h), whole[:, t], rtol=1e-4, atol=1e-4)
             before = idx[:, t]
+
+
+def test_no_character_is_written_three_times_running():
+    from textvae.decoding import _no_third_in_a_row
+    from textvae.tokenizer import PAD
+    ids = torch.tensor([[5, 5, -1, -1, -1], [5, 6, -1, -1, -1], [PAD, PAD, -1, -1, -1]])
+    out = _no_third_in_a_row(torch.zeros(3, 10), torch.tensor([0, 1, 2]), ids, 2)
+    assert out[0, 5] == float("-inf") and torch.isfinite(out[0, :5]).all()
+    assert torch.isfinite(out[1:]).all()   # two different before it; a short line's end
+
+
+def test_a_written_line_never_holds_a_character_three_times_running(overfit_run):
+    # With no repeat penalty, a refiner made to love one character would write it at
+    # every position it writes.
+    from textvae import decoding
+    run, ref = overfit_run, overfit_run.model.refiner
+    saved = ref.out.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            ref.out.bias[8] += 100.0
+        z = torch.randn(16, run.model.cfg.latent, generator=torch.Generator().manual_seed(0))
+        ids = decoding.write_lines(run, z, 1.0, SampleConfig(keep=1.0, repeat_penalty=0.0))
+    finally:
+        with torch.no_grad():
+            ref.out.bias.copy_(saved)
+    assert (ids == 8).any()
+    assert not ((ids[:, 2:] == ids[:, 1:-1]) & (ids[:, 1:-1] == ids[:, :-2])).any(), ids

@@ -9,7 +9,7 @@ from textvae.errors import UserError
 from textvae.model import log_normal
 from textvae.poem import (ChainConfig, LatentChain, association, association_bits, fit_chain,
                           read_stanzas)
-from textvae.run import CHAIN, load_run, save_chain
+from textvae.run import CHAIN, CONTEXT, load_run, save_chain
 
 from .conftest import POEM_LINES, copy_run_files, run_cli, write_corpus
 from .test_cli import TINY, assert_one_line_error
@@ -93,8 +93,9 @@ def test_train_with_poems_saves_a_chain_that_generate_continues(tmp_path):
     r = run_cli("train.py", "--corpus", corpus, "--out", tmp_path / "run", *TINY,
                 "--poems", stanzas, "--poem-minutes", "0.05", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "run" / CHAIN).exists()
-    assert "chain" in json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (tmp_path / "run" / CHAIN).exists() and (tmp_path / "run" / CONTEXT).exists()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert "chain" in config and "context" in config
     r = run_cli("generate.py", "--run", tmp_path / "run", "continue", "白日依山尽", "--num", "2")
     assert r.returncode == 0, r.stderr
     poems = r.stdout.strip().split("\n\n")

@@ -274,18 +274,20 @@ class Refiner(nn.Module):
         c = self.cond(torch.cat([z, noise.unsqueeze(-1).to(z.dtype)], dim=-1))
         return self._advance(c.unsqueeze(1), [None] * len(self.blocks.layers))[1]
 
-    def step(self, cache, before, t, draft):
+    def step(self, cache, before, t, draft, shift=0.0):
         """Position t: before (B,) the character before it (``start_id`` at t = 0),
         draft (B, H) its draft features -> hidden (B, d) for ``out``, and the cache
-        grown by this position."""
+        grown by this position. ``shift`` (d,) is added to the input (the poem-context
+        refiner's row vector, context.py)."""
         x = (self.char_norm(self.embed(before)) + self.pos[t]
-             + self.draft_norm(self.draft(draft)))
+             + self.draft_norm(self.draft(draft)) + shift)
         h, cache = self._advance(x.unsqueeze(1), cache)
         return self.norm(h[:, 0]), cache
 
     def _advance(self, x, cache):
-        """x (B, 1, d) through the blocks (pre-norm layers, as nn.TransformerEncoderLayer
-        computes them), attending to the cached positions and itself."""
+        """x (B, S, d), S new positions, through the blocks (pre-norm layers, as
+        nn.TransformerEncoderLayer computes them), each attending to the cached positions,
+        the new ones before it and itself."""
         assert not self.training, "the cached refiner is for writing (eval mode)"
         grown = []
         for layer, kv in zip(self.blocks.layers, cache):
@@ -298,7 +300,11 @@ class Refiner(nn.Module):
             if kv is not None:
                 k, v = torch.cat([kv[0], k], 2), torch.cat([kv[1], v], 2)
             grown.append((k, v))
-            a = F.scaled_dot_product_attention(q, k, v)             # (B, heads, 1, d_h)
+            S, P = q.shape[2], k.shape[2]
+            # New position i sees every cached one and the new ones up to i.
+            seen = (torch.ones(S, P, dtype=torch.bool, device=x.device).tril(P - S)
+                    if S > 1 else None)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=seen)  # (B, heads, S, d_h)
             x = x + attn.out_proj(a.transpose(1, 2).flatten(2))
             x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
         return x, grown

@@ -1,22 +1,24 @@
-"""Whole poems: each line written from its own z, the z's of a poem chained.
+"""Whole poems: each line written from its own z, the z's of a poem chained, each line
+written seeing the lines before it.
 
     z_1 = m_1 + s_1 * eps_1
     z_t = m_t(z_<t) + s_t(z_<t) * eps_t,        eps_t ~ N(0, I)
-    line_t = write_lines(z_t)                    (the line VAE's decoding path)
+    line_t = write_lines(z_t), its refiner the poem-context refiner (context.py), which
+             attends to the characters and latents of lines 1 .. t-1
 
 The line VAE is untouched, so reconstruction, interpolation and completion of a line
 stay what they were. What is new is a transition p(z_t | z_<t): a GRU over the latents
 of the lines before (VHRED, Serban et al. 2017, with the line VAE's encoder as the
 utterance encoder), fitted by maximum likelihood to z ~ q(z|x) of the lines of real
-stanzas while the line VAE stays frozen. A poem is still written from N(0, I) noise,
-and a line from its own z; the transition only decides where in the latent space the
-next line is drawn, given what the poem has said.
+stanzas while the line VAE stays frozen; and the poem-context refiner, fitted after it.
+A poem is still written from N(0, I) noise, and a line from its own z.
 
 Writing, each line is chosen among ``candidates`` drawn from p(z_t | z_<t): the one the
-model finds most likely as a line (its refiner read as a plain language model, at noise
-1) and as the next line of this poem (the transition's density at the line's encoded
-mu). Jiuge re-ranks candidate lines the same way (Yi et al. 2019); Shu et al. 2020 found
-latent search with rescoring worth most of the gap to an autoregressive model.
+model finds most likely as the next line of this poem (the poem-context refiner read as
+a language model, at noise 1), its characters not merely frequent, and most associated
+with the characters of the lines before. Jiuge re-ranks candidate lines the same way
+(Yi et al. 2019); Shu et al. 2020 found latent search with rescoring worth most of the
+gap to an autoregressive model.
 """
 import random
 import re
@@ -28,6 +30,8 @@ import torch.nn as nn
 
 from .config import Saved
 from .errors import UserError
+from .context import Written, fit_context, line_nats
+from .device import use_amp
 from .model import log_normal
 
 
@@ -173,20 +177,44 @@ def read_stanzas(path, lines, lengths):
     return out
 
 
-def fit_chain(run, train, valid, seconds, log=print, seed=0, batch=256, lr=2e-3, steps=0):
+@dataclass
+class Encoded:
+    """Stanzas for fitting: ids (N, T, L) of all the training stanzas, (mu, logvar)
+    (N', T, D) of the first N' (as many as the encoder got through), and the held-out
+    stanzas' ids and (mu, logvar)."""
+    ids: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    valid_ids: torch.Tensor
+    valid_mu: torch.Tensor
+    valid_logvar: torch.Tensor
+
+
+def encode_splits(run, train, valid, seconds, seed=0):
+    """Encoded ``train`` stanzas (shuffled; as many as ``seconds`` allow) and up to 2,000
+    ``valid`` ones (lists of lines)."""
+    train = random.Random(seed).sample(train, len(train))
+    ids, vids = stanza_ids(run, train), stanza_ids(run, valid[:2000])
+    return Encoded(ids, *encode_stanzas(run.model, ids, seconds), vids,
+                   *encode_stanzas(run.model, vids, float("inf")))
+
+
+def fit_chain(run, train, valid, seconds, log=print, seed=0, **settings):
     """A LatentChain fitted to the stanzas ``train`` (lists of lines) in about ``seconds``:
-    a third of them encoding, the rest training (``steps`` > 0: exactly that many
-    steps, whatever the clock). Returns (chain, figures)."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    train = rng.sample(train, len(train))
+    a third of them encoding, the rest training. Returns (chain, figures)."""
     t0 = time.time()
-    ids = stanza_ids(run, train)
-    mu, logvar = encode_stanzas(run.model, ids, seconds / 3)
-    vmu, vlogvar = encode_stanzas(run.model, stanza_ids(run, valid[:2000]), seconds)
+    data = encode_splits(run, train, valid, seconds / 3, seed)
+    return train_chain(run, data, seconds - (time.time() - t0), log, seed, **settings)
+
+
+def train_chain(run, data, seconds, log=print, seed=0, batch=256, lr=2e-3, steps=0):
+    """A LatentChain fitted to the Encoded ``data`` for ``seconds`` (``steps`` > 0:
+    exactly that many steps, whatever the clock). Returns (chain, figures)."""
+    torch.manual_seed(seed)
+    t0, mu, logvar = time.time(), data.mu, data.logvar
     cfg = ChainConfig(latent=mu.shape[-1], lines=mu.shape[1], vocab=run.model.cfg.vocab_size)
     chain = LatentChain(cfg)
-    chain.assoc, chain.log_unigram = association(ids, cfg.vocab)
+    chain.assoc, chain.log_unigram = association(data.ids, cfg.vocab)
     opt = torch.optim.Adam(chain.parameters(), lr=lr)
     steps_done, gen = 0, torch.Generator().manual_seed(seed)
     while (steps_done < steps) if steps else (time.time() - t0 < seconds):
@@ -198,7 +226,8 @@ def fit_chain(run, train, valid, seconds, log=print, seed=0, batch=256, lr=2e-3,
         steps_done += 1
     chain.eval()
     with torch.no_grad():
-        nll, prior = nll_per_line(chain, vmu, vlogvar, torch.Generator().manual_seed(1))
+        nll, prior = nll_per_line(chain, data.valid_mu, data.valid_logvar,
+                                  torch.Generator().manual_seed(1))
     figures = {"stanzas": len(mu), "steps": steps_done, "seconds": round(time.time() - t0, 1),
                "valid_nll": round(nll.item(), 2), "valid_nll_independent": round(prior.item(), 2)}
     log(f"poem chain: {len(mu):,} stanzas encoded, {steps_done:,} steps in {figures['seconds']} s; "
@@ -222,36 +251,40 @@ def line_lm_nats(model, ids):
     return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
-# How a candidate line is scored: log p(line) under the refiner read as a language model,
-# less "unigram" times its characters' log p (frequent characters alone make a line
-# likely, and a poem of them reads empty), plus "chain" times the chain's log density of
-# its encoded mu, plus "assoc" times its mean association (bits) with the lines before
-# it. Chosen by reading and by bench/poems.py (docs/poems.md): the chain's density adds
-# nothing the association does not, and lowers the lines' thread.
-WEIGHTS = {"unigram": 1.0, "chain": 0.0, "assoc": 60.0}
+# How a candidate line is scored: log p(line | the lines before) under the poem-context
+# refiner read as a language model (where the run has none, log p(line) under the line
+# refiner), less "unigram" times its characters' log p (frequent characters alone make a
+# line likely, and a poem of them reads empty), plus "assoc" times its mean association
+# (bits) with the lines before it. Chosen by reading and by bench/poems.py
+# (docs/poems.md); the chain's own density was tried and added nothing.
+WEIGHTS = {"unigram": 1.0, "assoc": 60.0}
 
 
-def line_scores(run, ids, m, logvar, context):
-    """Score (B,) of candidate lines ids (B, L), drawn from the chain's (m, logvar)
-    (B, D), after the lines ``context`` (B, M) ids (M may be 0)."""
+def line_scores(run, ids, context):
+    """Score (n K,) of candidate lines ids (n K, L), K for each of n poems whose lines so
+    far are ``context`` (n, T, L) ids (T may be 0)."""
     chain, w, model = run.chain, WEIGHTS, run.model
+    K = len(ids) // len(context)
     on = ids.to(next(model.parameters()).device)
-    score = line_lm_nats(model, on).cpu()
+    if run.context is not None:  # log p(line | the lines before), as many as it has rows for
+        seen = context[:, context.shape[1] + 1 - run.context.cfg.lines:]
+        score = line_nats(run.context, model, seen.to(on.device), on).cpu()
+    else:
+        score = line_lm_nats(model, on).cpu()
     score -= w["unigram"] * chain.log_unigram[ids].sum(-1)
-    if w["chain"]:
-        score += w["chain"] * log_normal(model.encode(on)[0].cpu(), m, logvar)
     if context.shape[1] and w["assoc"]:
-        score += w["assoc"] * association_bits(chain.assoc, ids, context)
+        before = context.flatten(1).repeat_interleave(K, 0)
+        score += w["assoc"] * association_bits(chain.assoc, ids, before)
     return score
 
 
-def best_lines(run, ids, m, logvar, context, taken=None):
-    """Rows (n,) into ids (n K, L), K candidate lines for each of n poems: each poem's
-    best by ``line_scores``, never a line of ``taken[i]`` (the poem's lines so far)."""
-    n = len(m)
+def best_lines(run, ids, context, taken=None):
+    """Rows (n,) into ids (n K, L), K candidate lines for each of n poems whose lines so
+    far are ``context`` (n, T, L): each poem's best by ``line_scores``, never a line of
+    ``taken[i]`` (the poem's lines so far)."""
+    n = len(context)
     K = len(ids) // n
-    scores = line_scores(run, ids, *(x.repeat_interleave(K, 0) for x in (m, logvar, context)))
-    scores = scores.view(n, K)
+    scores = line_scores(run, ids, context).view(n, K)
     if taken is not None:
         from .decoding import texts
         written = texts(run, ids)
@@ -287,22 +320,25 @@ def chain_poems(run, n, sc, gen, candidates=16, n_lines=None, first=()):
         raise UserError(f"a poem of {n_lines} lines has nothing left to write after "
                         f"{len(first)} given lines")
     m, logvar, h = chain.first(n)
-    context = torch.zeros(n, 0, dtype=torch.long)
+    so_far = Written.start(n, run.max_len, m.shape[-1])
     if first:
         given = encode_lines(run, list(first))
-        for mu in model.encode(given)[0].cpu():
+        mus = model.encode(given)[0].cpu()
+        for mu in mus:
             m, logvar, h = chain.next(mu.expand(n, -1), h)
-        context = given.cpu().flatten().expand(n, -1)
+        # Given lines are read as reconstructions are: their mu, trusted (noise 0).
+        so_far = so_far.add(given.cpu().expand(n, -1, -1), mus.expand(n, -1, -1), 0.0)
     poems = [list(first) for _ in range(n)]
     for _ in range(n_lines - len(first)):
         eps = torch.randn(n, K, m.shape[-1], generator=gen)
         z = drawn(m, logvar, eps).flatten(0, 1)
-        ids = write_lines(run, z, sc.noise, sc, gen=gen)                     # (n K, L)
-        chosen = ids[best_lines(run, ids, m, logvar, context, taken=poems)]  # (n, L)
-        for poem, text in zip(poems, texts(run, chosen)):
+        ids = write_lines(run, z, sc.noise, sc, gen=gen,
+                          refiner=so_far.writer(run, K))                    # (n K, L)
+        rows = best_lines(run, ids, so_far.ids, taken=poems)
+        for poem, text in zip(poems, texts(run, ids[rows])):
             poem.append(text)
-        context = torch.cat([context, chosen], 1)
-        m, logvar, h = read_on(run, chosen, h)
+        so_far = so_far.add(ids[rows].unsqueeze(1), z[rows].unsqueeze(1), sc.noise)
+        m, logvar, h = read_on(run, ids[rows], h)
     return poems
 
 
@@ -328,9 +364,11 @@ def stanza_splits(spec, data_dir, lines, lengths):
 
 
 def fit_run_chain(run_dir, log=print):
-    """Fit the chain of the run in ``run_dir`` on its --poems stanzas and save it there;
-    nothing where --poems is none."""
-    from .run import load_run, read_saved_config, save_chain
+    """Fit the poem model of the run in ``run_dir`` on its --poems stanzas and save it
+    there: the chain, then (with --poem-context) the poem-context refiner; nothing where
+    --poems is none."""
+    from .decoding import device_of
+    from .run import load_run, read_saved_config, save_chain, save_context
     tc = read_saved_config(run_dir)["train"]
     if tc.get("poems", "none") == "none":
         return None
@@ -341,6 +379,14 @@ def fit_run_chain(run_dir, log=print):
     if len(train) < 100:
         raise UserError(f"--poems {tc['poems']}: {len(train)} stanzas of four lines of "
                         f"{run.form.lengths} characters; the chain needs at least 100")
-    chain, figures = fit_chain(run, train, valid, tc["poem_minutes"] * 60, log, tc["seed"])
+    seconds, context = tc["poem_minutes"] * 60, tc.get("poem_context", False)
+    t0 = time.time()
+    data = encode_splits(run, train, valid, seconds / (8 if context else 3), tc["seed"])
+    chain_seconds = seconds / 8 if context else seconds - (time.time() - t0)
+    chain, figures = train_chain(run, data, chain_seconds, log, tc["seed"])
     save_chain(run_dir, chain, figures)
+    if context:
+        cref, figures = fit_context(run.model, data, seconds - (time.time() - t0), log,
+                                    tc["seed"], bf16=use_amp(tc.get("amp", "auto"), device_of(run)))
+        save_context(run_dir, cref, figures)
     return figures

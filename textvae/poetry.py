@@ -24,6 +24,7 @@ import torch
 
 from .errors import UserError
 from .decoding import SampleConfig, pick_z, texts, write_lines
+from .context import Written
 from .poem import best_lines, drawn, read_on
 from .sampling import chained, keyword_ids, place_keywords, prior_z
 from .prosody import PING, RHYMES, ZE, VerseForm, faultless, key_positions, table, templates
@@ -102,7 +103,7 @@ def _batch(run, pc, vt, P, sc, gen):
     used = torch.zeros(P, V, dtype=torch.bool)  # characters the poem already has
     z_prev, lines = None, [[] for _ in range(P)]
     chain = run.chain.first(P) if chained(run, sc) else None   # (mean, logvar, state)
-    context = torch.zeros(P, 0, dtype=torch.long)  # the ids of the lines written so far
+    so_far = Written.start(P, L, run.model.cfg.latent)  # the lines written so far
     # Keywords go to the first lines, one each: a keyword used twice would break the
     # poem's rule of no character used twice.
     keywords = keyword_ids(run, sc, form.lines, cycle=False) if sc.keywords else None
@@ -118,11 +119,12 @@ def _batch(run, pc, vt, P, sc, gen):
         z, given = _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw, chain, R)
         ids = write_lines(run, z.flatten(0, 1), sc.noise, sc, gen=gen,
                           given=given.repeat_interleave(R, 0),
-                          allowed=allowed.repeat_interleave(R, 0))
-        z, ids = _best_written(run, z, ids, chain, context)
+                          allowed=allowed.repeat_interleave(R, 0),
+                          refiner=so_far.writer(run, R) if chain is not None else None)
+        z, ids = _best_written(run, z, ids, so_far.ids)
         if chain is not None:  # the chain reads what was written, as in poem.chain_poems
             chain = read_on(run, ids, chain[2])
-            context = torch.cat([context, ids], 1)
+            so_far = so_far.add(ids.unsqueeze(1), z.unsqueeze(1), sc.noise)
         for p, (row, text) in enumerate(zip(ids.tolist(), texts(run, ids))):
             lines[p].append(text)
             used[p, row[:form.chars]] = True
@@ -164,12 +166,13 @@ def _constrain(allowed, pc, vt, pattern, rhyming, group, used):
 RERANKED = 16
 
 
-def _best_written(run, z, ids, chain, context):
+def _best_written(run, z, ids, context):
     """Of the R lines ids (P R, L) written from z (P, R, D), each poem's best by
-    poem.best_lines (the first where R is 1): (z (P, D), ids (P, L))."""
+    poem.best_lines after the lines ``context`` (P, T, L) (the first where R is 1):
+    (z (P, D), ids (P, L))."""
     if z.shape[1] == 1:
         return z[:, 0], ids
-    rows = best_lines(run, ids, chain[0], chain[1], context)
+    rows = best_lines(run, ids, context)
     return z.flatten(0, 1)[rows], ids[rows]
 
 

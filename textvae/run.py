@@ -38,6 +38,7 @@ from .tokenizer import VOCAB, CharTokenizer, load_tokenizer, tokenizer_class
 CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.model", "model.safetensors"
 METRICS, SUMMARY, CKPT_DIR = "metrics.jsonl", "summary.json", "checkpoints"
 CURVES, INDEX, CHAIN = "curves.png", "index.safetensors", "chain.safetensors"
+CONTEXT = "context.safetensors"
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Run:
     tokenizer: CharTokenizer
     config: dict
     chain: object = None   # poem.LatentChain where the run has one
+    context: object = None # context.ContextRefiner where the run has one
 
     @property
     def form(self):
@@ -273,7 +275,9 @@ def load_run(run_dir, device="cpu"):
     state = read_weights(run_dir / WEIGHTS)
     check_compatible(cfg, tok, state, run_dir)
     model = _loaded(TextVAE(cfg), state, run_dir / WEIGHTS)
-    return Run(run_dir, model.to(device).eval(), tok, config, load_chain(run_dir, config))
+    context = load_context(run_dir, config, cfg)
+    return Run(run_dir, model.to(device).eval(), tok, config, load_chain(run_dir, config),
+               context if context is None else context.to(device))
 
 
 def load_chain(run_dir, config):
@@ -283,6 +287,15 @@ def load_chain(run_dir, config):
         return None
     chain = LatentChain(ChainConfig.from_dict(config["chain"]))
     return _loaded(chain, read_weights(Path(run_dir) / CHAIN), Path(run_dir) / CHAIN).eval()
+
+
+def load_context(run_dir, config, cfg: VAEConfig):
+    """The run's poem-context refiner (context.py), or None where it has none."""
+    from .context import ContextConfig, ContextRefiner
+    if "context" not in config:
+        return None
+    cref = ContextRefiner(cfg, ContextConfig.from_dict(config["context"]))
+    return _loaded(cref, read_weights(Path(run_dir) / CONTEXT), Path(run_dir) / CONTEXT).eval()
 
 
 def _loaded(module, state, path):
@@ -302,6 +315,13 @@ def save_chain(run_dir, chain, figures):
     save_weights(run_dir, chain, CHAIN)
     update_config(run_dir, lambda config: config.update(chain=chain.cfg.to_dict(),
                                                         chain_fit=figures))
+
+
+def save_context(run_dir, cref, figures):
+    """Write the poem-context refiner's weights, then its config, as ``save_chain``."""
+    save_weights(run_dir, cref, CONTEXT)
+    update_config(run_dir, lambda config: config.update(context=cref.cfg.to_dict(),
+                                                        context_fit=figures))
 
 
 # ---------------------------------------------------------------------------------------
