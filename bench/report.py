@@ -2,7 +2,7 @@
 
     python bench/report.py [--run runs/tang5] [--panels panels/poems-1 panels/lines-1]
                            [--poems-json runs/bench-poems.json] [--out docs/results.md]
-                           [--readme README.md]
+                           [--readme README.md] [--compute runs/tang5 runs/tang5-hour]
 
 Sections, each left out where its input is missing:
   the default run     its summary.json (test split) and config.json (steps, minutes, the
@@ -11,6 +11,8 @@ Sections, each left out where its input is missing:
                       of its systems and 16 items of each system verbatim, as readers saw them
   poem statistics     bench/poems.py --json
   speed               bench/speed.py's output saved to --speed (runs/bench-speed.txt)
+  quality vs compute  --compute RUN ...: each run's budget, size, figures and the panels'
+                      scores of its poems
 The header names the date, the commit and the machine. With --readme, the block between
 README.md's RESULTS markers is rewritten too: the first two panels' means, the run's training
 curves (copied to docs/curves.png), and its first poems and an interpolation as
@@ -73,9 +75,50 @@ def run_section(folder):
                      f"encoded, {fit['steps']:,} steps in {fit['seconds']} s; a line's z on "
                      f"held-out stanzas {fit['valid_nll']} nats under the chain, "
                      f"{fit['valid_nll_independent']} as independent lines.\n")
+    ctx = config.get("context_fit")
+    if ctx:
+        lines.append(f"Poem-context refiner: {ctx['steps']:,} steps in {ctx['seconds']} s; a "
+                     f"held-out line read as a language model costs {ctx['valid_lm_nats']} "
+                     f"nats after the lines before it, {ctx['valid_lm_nats_alone']} alone.\n")
     lines += ["| figure | value |", "| --- | --- |"]
     lines += [f"| {what} | {_fmt(summary[key])} |" for key, what in RUN_ROWS if key in summary]
     return "\n".join(lines) + "\n"
+
+
+def compute_section(runs, panels):
+    """Quality against compute: each run's budget, size and figures, and the blind
+    panels' scores of the poems it wrote (a panel system whose source is run:FOLDER)."""
+    out = ["## Quality against compute\n",
+           "Each run made by `train.py` on this machine with the settings shown; reader "
+           "scores are coherence / fluency of its default poems, from every panel above "
+           "that read this run (compare within a panel).\n",
+           "| run | --minutes | refiner | steps | IW-NLL | acc from mu | context nats (after / alone) "
+           "| readers: coherence / fluency (panel) |", "|" + " --- |" * 8]
+    for folder in runs:
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+        config = json.loads((Path(folder) / "config.json").read_text())
+        m, ctx = config["model"], config.get("context_fit") or {}
+        read = [f"{r['coherence'][0]:.2f} / {r['fluency'][0]:.2f} ({Path(p).name})"
+                for p, r in _panel_scores(panels, f"run:{folder}")]
+        out.append(f"| `{folder}` | {config['train']['minutes']:g} | {m['refiner_layers']} x "
+                   f"{m['refiner_dim']} | {summary['steps']:,} | {summary['iw_nll']:.2f} | "
+                   f"{summary['acc_mu']:.3f} | {ctx.get('valid_lm_nats', '-')} / "
+                   f"{ctx.get('valid_lm_nats_alone', '-')} | {'; '.join(read) or '-'} |")
+    return "\n".join(out) + "\n"
+
+
+def _panel_scores(panels, source):
+    """(panel, that system's scores) for each panel with a system read from ``source``;
+    not a panel packed before the run folder's config.json was last written, which
+    read an earlier run kept under the same name."""
+    written = (Path(source.split(":", 1)[1]) / "config.json").stat().st_mtime
+    for folder in panels:
+        if (Path(folder) / "key.json").stat().st_mtime < written:
+            continue
+        res = json.loads((Path(folder) / "scores.json").read_text())
+        for name, src in res["sources"].items():
+            if src == source and res["kind"] == "poems":
+                yield folder, res["systems"][name]
 
 
 def _fmt(v):
@@ -173,11 +216,18 @@ def main(argv=None):
     p.add_argument("--readme", help="also rewrite this README's RESULTS block")
     p.add_argument("--speed", default="runs/bench-speed.txt",
                    help="bench/speed.py's output, saved (left out where missing)")
+    p.add_argument("--compute", nargs="*", default=[],
+                   help="run folders trained for different budgets: the quality-against-"
+                        "compute table")
     args = p.parse_args(argv)
     parts = [header()]
     if (Path(args.run) / "summary.json").exists():
         parts.append(run_section(args.run))
-    parts += [panel_section(f) for f in args.panels if (Path(f) / "scores.json").exists()]
+    scored = [f for f in args.panels if (Path(f) / "scores.json").exists()]
+    parts += [panel_section(f) for f in scored]
+    runs = [f for f in args.compute if (Path(f) / "summary.json").exists()]
+    if runs:
+        parts.append(compute_section(runs, scored))
     if Path(args.poems_json).exists():
         parts.append(poems_section(args.poems_json))
     if Path(args.speed).exists():

@@ -67,13 +67,16 @@ def test_report_writes_the_run_and_the_panel_with_its_items(tmp_path, overfit_ru
     run.mkdir()
     (run / "config.json").write_text((overfit_run.dir / "config.json").read_text())
     (run / "summary.json").write_text(json.dumps({"steps": 120, "train_s": 9.5, "lines": 8,
-                                                  "acc_mu": 0.5, "kl": 3.25}))
+                                                  "acc_mu": 0.5, "kl": 3.25, "iw_nll": 30.0}))
     out = tmp_path / "results.md"
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "report.py"), "--run", run,
                         "--panels", panel, "--poems-json", tmp_path / "none.json",
-                        "--out", out], capture_output=True, text=True, timeout=120)
+                        "--out", out, "--compute", run], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr
     text = out.read_text(encoding="utf-8")
     assert "120 steps" in text and "| char accuracy from mu | 0.500 |" in text
     assert "| mine | 2 | 3.00 ± 1.00 | 2.00 ± 1.00 | 50% |" in text
     assert "\n".join(POEM_LINES[:4]) in text and "commit" in text
+    # The panel read a file, not this run: its row has no readers' scores.
+    assert f"| `{run}` | " in text and "| 120 | 30.00 | 0.500 | - / - | - |" in text

@@ -145,10 +145,6 @@ PRESETS = {
                "dec_hidden": 64, "dec_layers": 1, "dropout": 0.0, "refiner_layers": 0,
                "kl_schedule": "constant", "beta_max": 1.0, "free_bits": 0.0, "lr": 1e-3,
                "batch_size": 64},
-    # An hour on a 2-core CPU: the refiner (and so the poem-context refiner, which starts
-    # from it) twice as wide in depth and 1.5x in width, trained long enough to use it.
-    "hour": {"minutes": 60.0, "epochs": 6.0, "refiner_layers": 4, "refiner_dim": 384,
-             "refiner_heads": 6, "poem_minutes": 18.0},
 }
 
 
