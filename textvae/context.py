@@ -222,8 +222,8 @@ class Written:
     def last(self, k):
         """The last k lines: a poem longer than the training stanzas is read through a
         window of the lines it has rows for."""
-        return Written(self.ids[:, -k:] if k else self.ids[:, :0], self.z[:, -k:] if k
-                       else self.z[:, :0], self.noise[:, -k:] if k else self.noise[:, :0])
+        start = max(0, self.ids.shape[1] - k)
+        return Written(self.ids[:, start:], self.z[:, start:], self.noise[:, start:])
 
     def writer(self, run, K):
         """What writes K candidates for the next line of each poem (InPoem), or None

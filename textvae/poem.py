@@ -267,7 +267,7 @@ def line_scores(run, ids, context):
     K = len(ids) // len(context)
     on = ids.to(next(model.parameters()).device)
     if run.context is not None:  # log p(line | the lines before), as many as it has rows for
-        seen = context[:, max(0, context.shape[1] + 1 - run.context.cfg.lines):]
+        seen = context[:, max(0, context.shape[1] - (run.context.cfg.lines - 1)):]
         score = line_nats(run.context, model, seen.to(on.device), on).cpu()
     else:
         score = line_lm_nats(model, on).cpu()
