@@ -3,7 +3,7 @@ written line by line with its cache, fitted on stanzas with the line VAE frozen.
 import pytest
 import torch
 
-from textvae.context import (ContextConfig, ContextRefiner, InPoem, Written, _lm_inputs,
+from textvae.context import (ContextConfig, ContextRefiner, InPoem, Written, lm_inputs,
                              fit_context, line_nats)
 from textvae.errors import UserError
 from textvae.model import TextVAE, VAEConfig
@@ -61,11 +61,11 @@ def test_the_context_score_is_the_stanza_models_log_probability_of_the_line():
     candidates = torch.randint(4, 50, (3 * K, 5))
     stanzas = torch.cat([context.repeat_interleave(K, 0), candidates.unsqueeze(1)], 1)
     with torch.no_grad():
-        logp = torch.log_softmax(cref(stanzas, *_lm_inputs(model, stanzas)), -1)[:, 2]
+        logp = torch.log_softmax(cref(stanzas, *lm_inputs(model, stanzas)), -1)[:, 2]
         want = logp.gather(-1, candidates.unsqueeze(-1)).squeeze(-1).sum(-1)
         assert torch.allclose(line_nats(cref, model, context, candidates), want, atol=1e-4)
         first = line_nats(cref, model, context[:, :0], candidates[:3])
-        logp = torch.log_softmax(cref(candidates[:3, None], *_lm_inputs(
+        logp = torch.log_softmax(cref(candidates[:3, None], *lm_inputs(
             model, candidates[:3, None])), -1)[:, 0]
         assert torch.allclose(first, logp.gather(-1, candidates[:3, :, None]).squeeze(-1).sum(-1),
                               atol=1e-4)

@@ -113,8 +113,10 @@ def repeat_cache(cache, k):
 # ---------------------------------------------------------------------------------------
 # The stanza language model: noise 1, z = 0
 
-def _lm_inputs(model, idx):
-    """z = 0, noise 1 and the draft of z = 0 for the lines idx (B, T, L)."""
+def lm_inputs(model, idx):
+    """z = 0, noise 1 and the draft of z = 0 for the lines idx (B, T, L): a refiner read
+    as a plain language model (at noise 1 it was trained on a z that is pure noise; z = 0,
+    the noise's mean, makes a score the same on every call)."""
     B, T, L = idx.shape
     z = torch.zeros(B, T, model.cfg.latent, device=idx.device)
     draft = model.decoder.features(z.new_zeros(1, z.shape[-1])).view(1, 1, L, -1)
@@ -127,12 +129,17 @@ def line_nats(cref, model, context, ids):
     (n K, L), K for each of the n poems whose lines so far are ``context`` (n, T, L)."""
     n, T, L = context.shape
     K = len(ids) // n
-    cache = repeat_cache(cref.read(context, *_lm_inputs(model, context)), K)
-    z, noise, draft = _lm_inputs(model, ids.unsqueeze(1))
+    cache = repeat_cache(cref.read(context, *lm_inputs(model, context)), K)
+    z, noise, draft = lm_inputs(model, ids.unsqueeze(1))
     last = context[:, -1, -1].repeat_interleave(K, 0) if T else None
     x = cref.tokens(ids.unsqueeze(1), z, noise, draft, T, last)                  # (nK, 1+L, d)
     h = cref.ref.norm(cref.ref._advance(x, cache)[0][:, 1:])
-    logp = torch.log_softmax(cref.ref.out(h).float(), -1)
+    return log_prob(cref.ref.out(h), ids)
+
+
+def log_prob(logits, ids):
+    """log p (...,) of the lines ids (..., L) under their logits (..., L, V)."""
+    logp = torch.log_softmax(logits.float(), -1)
     return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
@@ -159,7 +166,7 @@ def lm_nats(cref, model, ids, alone=False):
     refiner reads it): the difference is what the context tells of a line."""
     if alone:
         ids = ids.flatten(0, 1).unsqueeze(1)
-    logits = cref(ids, *_lm_inputs(model, ids))
+    logits = cref(ids, *lm_inputs(model, ids))
     return F.cross_entropy(logits.float().flatten(0, 2), ids.flatten(),
                            reduction="sum").item() / (ids.shape[0] * ids.shape[1])
 

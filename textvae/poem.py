@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from .config import Saved
 from .errors import UserError
-from .context import Written, fit_context, line_nats
+from .context import Written, fit_context, line_nats, lm_inputs, log_prob
 from .device import use_amp
 from .model import log_normal
 
@@ -244,11 +244,8 @@ def line_lm_nats(model, ids):
     """log p(line) (B,) under the refiner read as a plain language model: at noise 1 it
     was trained on a z that is pure noise, so there it writes from the characters alone;
     z = 0, the noise's mean, makes the score the same on every call."""
-    z = torch.zeros(len(ids), model.cfg.latent, device=ids.device)
-    logits = model.refiner(ids, z, torch.ones(len(ids), device=ids.device),
-                           model.decoder.features(z))
-    logp = torch.log_softmax(logits.float(), -1)
-    return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).sum(-1)
+    z, noise, draft = lm_inputs(model, ids.unsqueeze(1))       # one line a "stanza"
+    return log_prob(model.refiner(ids, z[:, 0], noise[:, 0], draft[:, 0]), ids)
 
 
 # How a candidate line is scored: log p(line | the lines before) under the poem-context
