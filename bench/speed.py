@@ -387,7 +387,7 @@ def writing_table(run, n):
     rows, ids = [("heads only (draft argmax)", n / heads)], {}
     for cached in (True, False):
         ids[cached], sec = timed(lambda: decoding.write_ids(
-            run.model, run.lengths, z, sc.noise, sc, gen=torch.Generator().manual_seed(1),
+            run.model, run.lengths, z, decoding.noise_of(sc), sc, gen=torch.Generator().manual_seed(1),
             cached=cached), device)
         rows.append((f"full path, refiner {'cached' if cached else 'full passes (before)'}",
                      n / sec))

@@ -54,7 +54,7 @@ def test_bare_help_lists_the_default_commands_options():
     (["sample", "--temperature", "0.5"], "temperature", 0.5),
     (["interpolate", "a", "b", "--stay", "3"], "stay", 3.0),
     (["sample", "--top-k", "7", "--independent"], "top_k", 7),
-    (["sample"], "noise", 0.5)])
+    (["sample", "--noise", "0.5"], "noise", 0.5)])
 def test_sampling_flags_come_from_sample_config_with_its_types(args, field, value):
     from textvae.cli import _sample_config, generate_parser
     sc = _sample_config(generate_parser().parse_args(args))

@@ -107,19 +107,20 @@ def test_a_run_with_a_context_refiner_writes_and_continues_poems(context_run):
 
 
 def test_a_candidate_is_scored_after_every_line_before_it_the_refiner_has_rows_for(context_run):
-    from textvae.poem import WEIGHTS, association_bits, line_scores
+    from textvae.poem import WEIGHTS, association_bits, faults, line_scores
     run = context_run
     ids = stanza_ids(run, QUATRAINS)                                        # (2, 4, L)
     for T in (1, 2, 3):
         context, line = ids[:, :T], ids[:, T]
         want = (line_nats(run.context, run.model, context, line)
                 - WEIGHTS["unigram"] * run.chain.log_unigram[line].sum(-1)
-                + WEIGHTS["assoc"] * association_bits(run.chain.assoc, line, context.flatten(1)))
+                + WEIGHTS["assoc"] * association_bits(run.chain.assoc, line, context.flatten(1))
+                - faults(run, line, context.flatten(1)))
         assert torch.allclose(line_scores(run, line, context), want, atol=1e-4), T
     # Five lines before: the refiner has rows for four, so the last three are read.
     five = torch.cat([ids, ids[:, :1]], 1)
     got = line_scores(run, ids[:, 1], five) - WEIGHTS["assoc"] * association_bits(
-        run.chain.assoc, ids[:, 1], five.flatten(1))
+        run.chain.assoc, ids[:, 1], five.flatten(1)) + faults(run, ids[:, 1], five.flatten(1))
     want = line_nats(run.context, run.model, five[:, 2:], ids[:, 1]) \
         - WEIGHTS["unigram"] * run.chain.log_unigram[ids[:, 1]].sum(-1)
     assert torch.allclose(got, want, atol=1e-4)

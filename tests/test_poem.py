@@ -104,3 +104,21 @@ def test_train_with_poems_saves_a_chain_that_generate_continues(tmp_path):
     r = run_cli("generate.py", "--run", tmp_path / "run", "continue", "白日依山尽", "黄河入海流",
                 "欲穷千里目", "更上一层楼")
     assert_one_line_error(r, "nothing left to write")
+
+
+def test_a_candidate_pays_for_characters_of_the_lines_before_and_a_third_numeral():
+    from types import SimpleNamespace
+    from textvae.poem import WEIGHTS, faults
+    chars = "<pad> <unk> <s> </s> 山 水 月 一 三 十 风".split()
+    run = SimpleNamespace(tokenizer=SimpleNamespace(index={c: i for i, c in enumerate(chars)}))
+    ids = lambda text: torch.tensor([[chars.index(c) for c in text.split()]])  # noqa: E731
+    before = ids("山 水 月 <pad> <pad>")
+    assert faults(run, ids("风 风 风 <pad> <pad>"), before).item() == 0       # <pad> is no echo
+    assert faults(run, ids("风 山 风 风 风"), before).item() == WEIGHTS["echo"]
+    assert faults(run, ids("风 山 水 风 风"), before).item() == 2 * WEIGHTS["echo"]
+    assert faults(run, ids("风 山 风 风 风"), ids("山 山 山 月 月")).item() == WEIGHTS["echo"]
+    two = ids("一 十 月 <pad> <pad>")
+    assert faults(run, ids("风 三 风 风 风"), ids("山 一 <pad> <pad> <pad>")).item() == 0
+    assert faults(run, ids("风 三 风 风 风"), two).item() == WEIGHTS["numerals"]
+    assert faults(run, ids("三 十 风 风 风"), ids("山 水 <pad> <pad> <pad>")).item() == 0
+    assert faults(run, ids("三 十 一 风 风"), ids("山 水 <pad> <pad> <pad>")).item() == WEIGHTS["numerals"]

@@ -31,8 +31,10 @@ class SampleConfig:
                               # characters, 0.8 for one of word pieces
     top_k: int = 0            # k > 0: draw among the k most likely only; 0: among all
     seed: int = 0             # same seed, same output; another seed, independent output
-    noise: float = 0.5        # how loosely the refiner reads a drawn z, 0 (exactly) to 1
-                              # (not at all): higher is more fluent but less varied
+    noise: float | None = None  # how loosely the refiner reads a drawn z, 0 (exactly) to
+                              # 1 (not at all): higher is more fluent but less varied;
+                              # default: 0.8 for a poem's lines, which are ranked, 0.5
+                              # for a line alone, a path or a completion
     keep: float = 0.9         # draft characters at least this likely are kept as they are
     stay: float | None = None # interpolation: nats added to the character the path's
                               # previous point has at the same position (fewer changes a
@@ -56,7 +58,7 @@ class SampleConfig:
             raise UserError(f"--temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise UserError(f"--top-k must be >= 0, got {self.top_k}")
-        if not 0 <= self.noise <= 1:
+        if self.noise is not None and not 0 <= self.noise <= 1:
             raise UserError(f"--noise must be in [0, 1], got {self.noise}")
         if not 0 < self.keep <= 1.000001:
             raise UserError(f"--keep must be in (0, 1], got {self.keep}")
@@ -85,6 +87,18 @@ TEMPERATURE = {"chars": 0.7, "pieces": 0.8}
 def with_temperature(sc: SampleConfig, units):
     """``sc`` with the default temperature of a run of ``units`` where it names none."""
     return sc if sc.temperature is not None else replace(sc, temperature=TEMPERATURE[units])
+
+
+# The default noise of a line written alone (or on a path, or completed) and of a line of
+# a poem: a poem's lines are each the best of many candidates, which keeps them varied,
+# and blind readers found its poems more fluent at 0.8 (docs/poems.md, panels 11-12).
+NOISE = {"line": 0.5, "poem": 0.8}
+
+
+def noise_of(sc: SampleConfig, poem=False):
+    """The level at which a drawn z is read: ``sc.noise``, or the default for a poem's
+    lines (``poem``) or for other lines."""
+    return sc.noise if sc.noise is not None else NOISE["poem" if poem else "line"]
 
 
 def for_run(run, sc: SampleConfig):

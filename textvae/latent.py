@@ -15,7 +15,7 @@ from safetensors.torch import save
 from .errors import UserError
 from .files import atomic_write_bytes
 from .run import INDEX, WEIGHTS
-from .decoding import SampleConfig, encode_lines, given_z, texts, write_lines
+from .decoding import SampleConfig, encode_lines, given_z, noise_of, texts, write_lines
 
 def _stamp(run):
     """Identifies the weights an index was computed from (size and modification time)."""
@@ -108,7 +108,7 @@ def shift(run, line, vector, steps=5, scale=1.0, sc: SampleConfig = SampleConfig
     z = given_z(run, [line], allow_unk=True, sc=sc).cpu()[0]
     ts = torch.linspace(0, 1, steps)
     path = torch.stack([z + scale * t * vector for t in ts])
-    return texts(run, write_lines(run, path, sc.noise * ts, sc))
+    return texts(run, write_lines(run, path, noise_of(sc) * ts, sc))
 
 
 COLOURS = ("season", "tone")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .decoding import SampleConfig, pick_z, texts, write_lines
+from .decoding import SampleConfig, noise_of, pick_z, texts, write_lines
 from .context import Written
 from .poem import best_lines, drawn, read_on
 from .sampling import chained, keyword_ids, place_keywords, prior_z
@@ -97,6 +97,7 @@ def write_poems(run, pc: PoemConfig, n, sc: SampleConfig = SampleConfig(), batch
 
 def _batch(run, pc, vt, P, sc, gen):
     form, L, V = pc.form, run.max_len, len(run.tokenizer.chars)
+    noise = noise_of(sc, poem=True)
     starts = ["ze" if b else "ping" for b in torch.rand(P, generator=gen).lt(0.5).tolist()]
     patterns = [templates(form, s) for s in starts]
     rhyme = [None] * P                 # each poem's rhyme group, once chosen
@@ -117,14 +118,14 @@ def _batch(run, pc, vt, P, sc, gen):
         kw = keywords[i].expand(P) if keywords is not None else None
         R = min(RERANKED, pc.candidates) if chain is not None else 1
         z, given = _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw, chain, R)
-        ids = write_lines(run, z.flatten(0, 1), sc.noise, sc, gen=gen,
+        ids = write_lines(run, z.flatten(0, 1), noise, sc, gen=gen,
                           given=given.repeat_interleave(R, 0),
                           allowed=allowed.repeat_interleave(R, 0),
                           refiner=so_far.writer(run, R) if chain is not None else None)
         z, ids = _best_written(run, z, ids, so_far.ids)
         if chain is not None:  # the chain reads what was written, as in poem.chain_poems
             chain = read_on(run, ids, chain[2])
-            so_far = so_far.add(ids.unsqueeze(1), z.unsqueeze(1), sc.noise)
+            so_far = so_far.add(ids.unsqueeze(1), z.unsqueeze(1), noise)
         for p, (row, text) in enumerate(zip(ids.tolist(), texts(run, ids))):
             lines[p].append(text)
             used[p, row[:form.chars]] = True

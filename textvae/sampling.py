@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import torch
 
-from .decoding import (SampleConfig, device_of, encode_lines, gumbel_noise, given_z, pick_z,
-                       texts, write_lines)
+from .decoding import (SampleConfig, device_of, encode_lines, gumbel_noise, given_z, noise_of,
+                       pick_z, texts, write_lines)
 from .errors import UserError
 from .poem import chain_poems
 from .tokenizer import PAD
@@ -59,7 +59,7 @@ def _new_lines(run, n, sc, gen, heads=None):
     """``n`` lines from z ~ N(0, I) (or around a theme); with an acrostic or keywords,
     completions of the acrostic's patterns (or blank ones), repeated to fill ``n``."""
     if heads is None and not sc.keywords:
-        return texts(run, write_lines(run, prior_z(run, n, gen, sc), sc.noise, sc, gen=gen))
+        return texts(run, write_lines(run, prior_z(run, n, gen, sc), noise_of(sc), sc, gen=gen))
     pats = acrostic_patterns(run, heads) if heads else ["_" * run.max_len]
     return complete(run, [pats[i % len(pats)] for i in range(n)], sc, gen=gen)
 
@@ -217,7 +217,7 @@ def interpolate_pairs(run, pairs, steps=8, how="linear", allow_unk=False,
     ends = given_z(run, [line for pair in pairs for line in pair], allow_unk, sc).cpu()
     z = torch.stack([path_z(ends[2 * i], ends[2 * i + 1], steps, how)
                      for i in range(len(pairs))])                          # (P, steps, D)
-    noise = sc.noise * torch.sin(torch.pi * torch.linspace(0, 1, steps)).clamp(min=0)
+    noise = noise_of(sc) * torch.sin(torch.pi * torch.linspace(0, 1, steps)).clamp(min=0)
     # One draw's noise for every point of a path: neighbouring points write the same
     # character wherever their logits are close, so the path blends instead of jumping.
     gen = torch.Generator().manual_seed(sc.seed)
@@ -261,7 +261,7 @@ def complete(run, patterns, sc: SampleConfig = SampleConfig(), candidates=256, b
     z = prior_z(run, len(patterns) * candidates, gen, sc).view(len(patterns), candidates, -1)
     if sc.keywords:
         given = place_keywords(run, z, given, keyword_ids(run, sc, len(patterns)))
-    ids = write_lines(run, pick_z(run, z, given), sc.noise, sc, given=given, gen=gen)
+    ids = write_lines(run, pick_z(run, z, given), noise_of(sc), sc, given=given, gen=gen)
     return texts(run, ids)
 
 
