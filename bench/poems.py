@@ -5,7 +5,7 @@
 
 Systems, each writing five-character quatrains (each skipped when its run is missing):
   lines          the tang5 run's poems with --independent: four lines from four
-                 independent z
+                 independent z, read at noise 0.5 (the chain's lines: 0.8)
   poem chain     the run's default poems (`generate.py`): z_t drawn from its poem chain
                  p(z_t | z_<t), each line the best of K (textvae/poem.py)
   walk rho R     the tang5 run's form writer (`--form wujue`, rhyme off, no tones): the

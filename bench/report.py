@@ -90,24 +90,30 @@ def compute_section(runs, panels):
     panels' scores of the poems it wrote (a panel system whose source is run:FOLDER)."""
     out = ["## Quality against compute\n",
            "Each run made by `train.py` on this machine with the settings shown; reader "
-           "scores are coherence / fluency of its default poems, from every panel above "
-           "that read this run (compare within a panel).\n",
-           "| run | --minutes | refiner | steps | IW-NLL | acc from mu | context nats (after / alone) "
-           "| readers: coherence / fluency (panel) |", "|" + " --- |" * 8]
+           "scores are coherence / fluency of its default poems and the sense of their "
+           "lines, from every panel above that read this run (compare within a panel).\n",
+           "| run | --minutes | of them the poem model | refiner | steps | context steps "
+           "| IW-NLL | acc from mu | context nats (after / alone) | readers: coherence / "
+           "fluency (panel) | readers: line sense (panel) |", "|" + " --- |" * 11]
     for folder in runs:
         summary = json.loads((Path(folder) / "summary.json").read_text())
         config = json.loads((Path(folder) / "config.json").read_text())
         m, ctx = config["model"], config.get("context_fit") or {}
         read = [f"{r['coherence'][0]:.2f} / {r['fluency'][0]:.2f} ({Path(p).name})"
-                for p, r in _panel_scores(panels, f"run:{folder}")]
-        out.append(f"| `{folder}` | {config['train']['minutes']:g} | {m['refiner_layers']} x "
-                   f"{m['refiner_dim']} | {summary['steps']:,} | {summary['iw_nll']:.2f} | "
+                for p, r in _panel_scores(panels, f"run:{folder}", "poems")]
+        sense = [f"{r['sense'][0]:.2f} ({Path(p).name})"
+                 for p, r in _panel_scores(panels, f"run:{folder}", "lines")]
+        tc = config["train"]
+        out.append(f"| `{folder}` | {tc['minutes']:g} | {tc.get('poem_minutes', 0):g} | "
+                   f"{m['refiner_layers']} x {m['refiner_dim']} | {summary['steps']:,} | "
+                   f"{ctx.get('steps', 0):,} | {summary['iw_nll']:.2f} | "
                    f"{summary['acc_mu']:.3f} | {ctx.get('valid_lm_nats', '-')} / "
-                   f"{ctx.get('valid_lm_nats_alone', '-')} | {'; '.join(read) or '-'} |")
+                   f"{ctx.get('valid_lm_nats_alone', '-')} | {'; '.join(read) or '-'} | "
+                   f"{'; '.join(sense) or '-'} |")
     return "\n".join(out) + "\n"
 
 
-def _panel_scores(panels, source):
+def _panel_scores(panels, source, kind):
     """(panel, that system's scores) for each panel with a system read from ``source``;
     not a panel packed before the run folder's config.json was last written, which
     read an earlier run kept under the same name."""
@@ -117,7 +123,7 @@ def _panel_scores(panels, source):
             continue
         res = json.loads((Path(folder) / "scores.json").read_text())
         for name, src in res["sources"].items():
-            if src == source and res["kind"] == "poems":
+            if src == source and res["kind"] == kind:
                 yield folder, res["systems"][name]
 
 

@@ -79,4 +79,4 @@ def test_report_writes_the_run_and_the_panel_with_its_items(tmp_path, overfit_ru
     assert "| mine | 2 | 3.00 ± 1.00 | 2.00 ± 1.00 | 50% |" in text
     assert "\n".join(POEM_LINES[:4]) in text and "commit" in text
     # The panel read a file, not this run: its row has no readers' scores.
-    assert f"| `{run}` | " in text and "| 120 | 30.00 | 0.500 | - / - | - |" in text
+    assert f"| `{run}` | " in text and "| 120 | 0 | 30.00 | 0.500 | - / - | - | - |" in text

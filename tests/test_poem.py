@@ -111,7 +111,9 @@ def test_a_candidate_pays_for_characters_of_the_lines_before_and_a_third_numeral
     from textvae.poem import WEIGHTS, faults
     chars = "<pad> <unk> <s> </s> 山 水 月 一 三 十 风".split()
     run = SimpleNamespace(tokenizer=SimpleNamespace(index={c: i for i, c in enumerate(chars)}))
-    ids = lambda text: torch.tensor([[chars.index(c) for c in text.split()]])  # noqa: E731
+
+    def ids(text):
+        return torch.tensor([[chars.index(c) for c in text.split()]])
     before = ids("山 水 月 <pad> <pad>")
     assert faults(run, ids("风 风 风 <pad> <pad>"), before).item() == 0       # <pad> is no echo
     assert faults(run, ids("风 山 风 风 风"), before).item() == WEIGHTS["echo"]
@@ -121,4 +123,25 @@ def test_a_candidate_pays_for_characters_of_the_lines_before_and_a_third_numeral
     assert faults(run, ids("风 三 风 风 风"), ids("山 一 <pad> <pad> <pad>")).item() == 0
     assert faults(run, ids("风 三 风 风 风"), two).item() == WEIGHTS["numerals"]
     assert faults(run, ids("三 十 风 风 风"), ids("山 水 <pad> <pad> <pad>")).item() == 0
-    assert faults(run, ids("三 十 一 风 风"), ids("山 水 <pad> <pad> <pad>")).item() == WEIGHTS["numerals"]
+    three = ids("三 十 一 风 风")
+    assert faults(run, three, ids("山 水 <pad> <pad> <pad>")).item() == WEIGHTS["numerals"]
+
+
+def test_the_poem_models_lines_are_read_at_0_8_and_lines_alone_at_0_5(chained_run,
+                                                                      monkeypatch):
+    from textvae import decoding, sampling
+    real, used = decoding.write_lines, []
+
+    def noting(run, z, noise, sc, **kw):
+        used.append(round(float(torch.as_tensor(noise).max()), 6))
+        return real(run, z, noise, sc, **kw)
+    monkeypatch.setattr(decoding, "write_lines", noting)   # chain_poems imports it late
+    monkeypatch.setattr(sampling, "write_lines", noting)
+    for noise, poem, alone in ((None, 0.8, 0.5), (0.3, 0.3, 0.3), (0.0, 0.0, 0.0)):
+        used.clear()
+        chained_run.poems(1, seed=1, line_candidates=2, noise=noise)
+        assert used == [poem] * 4, noise
+        used.clear()
+        chained_run.poems(1, seed=1, independent=True, noise=noise)
+        chained_run.sample(2, seed=1, noise=noise)
+        assert used and set(used) == {alone}, noise

@@ -344,3 +344,12 @@ def test_a_cpu_trains_in_bf16_only_where_it_multiplies_bf16_much_faster():
     for fp32, bf16, expected in ((2.0, 1.0, True), (1.0, 1.0, False), (1.0, 2.0, False)):
         timer = {torch.float32: fp32, torch.bfloat16: bf16}.get
         assert bf16_is_faster(timer) == expected
+
+
+def test_the_hour_preset_gives_two_thirds_of_an_hour_to_the_poem_model_and_flags_win():
+    from textvae.config import configs
+    tc, mc = configs("hour")
+    assert (tc.minutes, tc.epochs, tc.poem_minutes) == (60.0, 5, 40.0)
+    assert mc.refiner_layers == configs()[1].refiner_layers     # the default model
+    tc, _ = configs("hour", {"poem_minutes": 30.0})
+    assert (tc.minutes, tc.poem_minutes) == (60.0, 30.0)

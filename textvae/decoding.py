@@ -9,7 +9,7 @@ a given line.
      the characters before it (a given or kept character later in the line is held
      where it is).
 ``noise`` is the level at which the refiner reads z (model.py): 0 for a line's own
-posterior mean (reconstruction keeps what z says), ``SampleConfig.noise`` for z drawn
+posterior mean (reconstruction keeps what z says), ``noise_of(sc)`` for z drawn
 from the prior or lying between two lines. Characters are drawn at ``temperature``
 (0: greedily), among the ``top_k`` most likely if that is > 0. <unk>, <s> and </s> are
 never written; <pad> (the end of a shorter line) only on corpora with lines of several
@@ -33,8 +33,8 @@ class SampleConfig:
     seed: int = 0             # same seed, same output; another seed, independent output
     noise: float | None = None  # how loosely the refiner reads a drawn z, 0 (exactly) to
                               # 1 (not at all): higher is more fluent but less varied;
-                              # default: 0.8 for a poem's lines, which are ranked, 0.5
-                              # for a line alone, a path or a completion
+                              # default: 0.8 for the lines of a poem the poem model
+                              # ranks, 0.5 for others (a line alone, a path, a completion)
     keep: float = 0.9         # draft characters at least this likely are kept as they are
     stay: float | None = None # interpolation: nats added to the character the path's
                               # previous point has at the same position (fewer changes a
@@ -90,14 +90,14 @@ def with_temperature(sc: SampleConfig, units):
 
 
 # The default noise of a line written alone (or on a path, or completed) and of a line of
-# a poem: a poem's lines are each the best of many candidates, which keeps them varied,
-# and blind readers found its poems more fluent at 0.8 (docs/poems.md, panels 11-12).
+# a poem the poem model writes: those are each the best of many candidates, which keeps
+# them varied, and blind readers found its poems more fluent at 0.8 (docs/poems.md).
 NOISE = {"line": 0.5, "poem": 0.8}
 
 
 def noise_of(sc: SampleConfig, poem=False):
-    """The level at which a drawn z is read: ``sc.noise``, or the default for a poem's
-    lines (``poem``) or for other lines."""
+    """The level at which a drawn z is read: ``sc.noise``, or the default for the lines
+    of a poem the poem model ranks (``poem``) or for other lines."""
     return sc.noise if sc.noise is not None else NOISE["poem" if poem else "line"]
 
 

@@ -102,7 +102,7 @@ def attribute(run, toward, away=None):
 def shift(run, line, vector, steps=5, scale=1.0, sc: SampleConfig = SampleConfig()):
     """``line`` written from z + t * vector for ``steps`` values of t from 0 to ``scale``.
     t = 0 is the line's own z, read at noise 0; further points are off its posterior and
-    are read more loosely, up to ``sc.noise`` at the end (as interpolation does)."""
+    are read more loosely, up to ``noise_of(sc)`` at the end (as interpolation does)."""
     if steps < 2:
         raise UserError(f"--steps must be at least 2, got {steps}")
     z = given_z(run, [line], allow_unk=True, sc=sc).cpu()[0]

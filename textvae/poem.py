@@ -33,6 +33,7 @@ from .errors import UserError
 from .context import Written, fit_context, line_nats, lm_inputs, log_prob
 from .device import use_amp
 from .model import log_normal
+from .tokenizer import EOS
 
 
 @dataclass
@@ -269,11 +270,12 @@ def faults(run, ids, before):
     ids: each character the lines before already hold (real quatrains repeat 0.12 a
     line, ours 0.8 unchecked) and each numeral of the poem beyond its second."""
     w = WEIGHTS
-    echo = (ids.unsqueeze(-1) == before.unsqueeze(1)) & (ids.unsqueeze(-1) >= 4)
+    # <pad> fills out short lines and the other special ids are never written: no echoes.
+    echo = (ids > EOS) & (ids.unsqueeze(-1) == before.unsqueeze(1)).any(-1)
     nums = torch.tensor([i for i in map(run.tokenizer.index.get, NUMERALS) if i is not None],
-                        dtype=torch.long)
+                        dtype=torch.long, device=ids.device)
     count = torch.isin(ids, nums).sum(-1) + torch.isin(before, nums).sum(-1)
-    return w["echo"] * echo.any(-1).sum(-1) + w["numerals"] * (count - 2).clamp(min=0)
+    return w["echo"] * echo.sum(-1) + w["numerals"] * (count - 2).clamp(min=0)
 
 
 def line_scores(run, ids, context):
@@ -344,16 +346,16 @@ def chain_poems(run, n, sc, gen, candidates=16, n_lines=None, first=()):
             m, logvar, h = chain.next(mu.expand(n, -1), h)
         # Given lines are read as reconstructions are: their mu, trusted (noise 0).
         so_far = so_far.add(given.cpu().expand(n, -1, -1), mus.expand(n, -1, -1), 0.0)
-    poems = [list(first) for _ in range(n)]
+    poems, noise = [list(first) for _ in range(n)], noise_of(sc, poem=True)
     for _ in range(n_lines - len(first)):
         eps = torch.randn(n, K, m.shape[-1], generator=gen)
         z = drawn(m, logvar, eps).flatten(0, 1)
-        ids = write_lines(run, z, noise_of(sc, poem=True), sc, gen=gen,
+        ids = write_lines(run, z, noise, sc, gen=gen,
                           refiner=so_far.writer(run, K))                    # (n K, L)
         rows = best_lines(run, ids, so_far.ids, taken=poems)
         for poem, text in zip(poems, texts(run, ids[rows])):
             poem.append(text)
-        so_far = so_far.add(ids[rows].unsqueeze(1), z[rows].unsqueeze(1), noise_of(sc, poem=True))
+        so_far = so_far.add(ids[rows].unsqueeze(1), z[rows].unsqueeze(1), noise)
         m, logvar, h = read_on(run, ids[rows], h)
     return poems
 

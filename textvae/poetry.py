@@ -97,7 +97,7 @@ def write_poems(run, pc: PoemConfig, n, sc: SampleConfig = SampleConfig(), batch
 
 def _batch(run, pc, vt, P, sc, gen):
     form, L, V = pc.form, run.max_len, len(run.tokenizer.chars)
-    noise = noise_of(sc, poem=True)
+    noise = noise_of(sc, poem=chained(run, sc))  # ranked lines are read more loosely
     starts = ["ze" if b else "ping" for b in torch.rand(P, generator=gen).lt(0.5).tolist()]
     patterns = [templates(form, s) for s in starts]
     rhyme = [None] * P                 # each poem's rhyme group, once chosen

@@ -185,7 +185,7 @@ def interpolate(run, line_a, line_b, steps=8, how="linear", allow_unk=False,
     """Lines written along the path from z(a) to z(b) (``given_z``), both ends included.
 
     The ends are posterior means, read at noise 0 like a reconstruction; points between
-    two posteriors are read more loosely, up to ``sc.noise`` half-way (sin(pi t)). The
+    two posteriors are read more loosely, up to ``noise_of(sc)`` half-way (sin(pi t)). The
     points are written in order, each leaning ``sc.stay`` nats towards the characters of
     the one before, so a character changes where z has moved enough to outweigh that.
     """
