@@ -106,8 +106,8 @@ def train_main(argv):
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last "
                    "checkpoint (its saved settings are used)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration "
-                   "(su2018: Su Jianlin's 2018 Keras poetry VAE, the baseline; hour: 60 minutes, 40 "
-                   "of them for the poem model, docs/poems.md)")
+                   "(su2018: Su Jianlin's 2018 Keras poetry VAE, the baseline; hour: 60 "
+                   "minutes, 40 of them for the poem model, docs/poems.md)")
     _add_fields(p, TrainConfig)
     _add_fields(p, VAEConfig, skip=("vocab_size", "max_len"))
     args = vars(p.parse_args(argv))
