@@ -99,10 +99,11 @@ def compute_section(runs, panels):
         summary = json.loads((Path(folder) / "summary.json").read_text())
         config = json.loads((Path(folder) / "config.json").read_text())
         m, ctx = config["model"], config.get("context_fit") or {}
+        scores = list(_panel_scores(panels, f"run:{folder}"))
         read = [f"{r['coherence'][0]:.2f} / {r['fluency'][0]:.2f} ({Path(p).name})"
-                for p, r in _panel_scores(panels, f"run:{folder}", "poems")]
+                for p, kind, r in scores if kind == "poems"]
         sense = [f"{r['sense'][0]:.2f} ({Path(p).name})"
-                 for p, r in _panel_scores(panels, f"run:{folder}", "lines")]
+                 for p, kind, r in scores if kind == "lines"]
         tc = config["train"]
         out.append(f"| `{folder}` | {tc['minutes']:g} | {tc.get('poem_minutes', 0):g} | "
                    f"{m['refiner_layers']} x {m['refiner_dim']} | {summary['steps']:,} | "
@@ -113,18 +114,18 @@ def compute_section(runs, panels):
     return "\n".join(out) + "\n"
 
 
-def _panel_scores(panels, source, kind):
-    """(panel, that system's scores) for each panel with a system read from ``source``;
-    not a panel packed before the run folder's config.json was last written, which
-    read an earlier run kept under the same name."""
+def _panel_scores(panels, source):
+    """(panel, its kind, that system's scores) for each panel with a system read from
+    ``source``; not a panel packed before the run folder's config.json was last
+    written, which read an earlier run kept under the same name."""
     written = (Path(source.split(":", 1)[1]) / "config.json").stat().st_mtime
     for folder in panels:
         if (Path(folder) / "key.json").stat().st_mtime < written:
             continue
         res = json.loads((Path(folder) / "scores.json").read_text())
         for name, src in res["sources"].items():
-            if src == source and res["kind"] == kind:
-                yield folder, res["systems"][name]
+            if src == source:
+                yield folder, res["kind"], res["systems"][name]
 
 
 def _fmt(v):

@@ -208,6 +208,11 @@ def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=2e-3, step
 # ---------------------------------------------------------------------------------------
 # Writing the next line of poems
 
+def recent(x, k):
+    """The last k lines (all, where there are fewer) of x (n, T, ...)."""
+    return x[:, max(0, x.shape[1] - k):]
+
+
 @dataclass
 class Written:
     """The lines of n poems written so far: ids (n, T, L), the z each was written from
@@ -229,8 +234,7 @@ class Written:
     def last(self, k):
         """The last k lines: a poem longer than the training stanzas is read through a
         window of the lines it has rows for."""
-        start = max(0, self.ids.shape[1] - k)
-        return Written(self.ids[:, start:], self.z[:, start:], self.noise[:, start:])
+        return Written(recent(self.ids, k), recent(self.z, k), recent(self.noise, k))
 
     def writer(self, run, K):
         """What writes K candidates for the next line of each poem (InPoem), or None

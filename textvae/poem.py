@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from .config import Saved
 from .errors import UserError
-from .context import Written, fit_context, line_nats, lm_inputs, log_prob
+from .context import Written, fit_context, line_nats, lm_inputs, log_prob, recent
 from .device import use_amp
 from .model import log_normal
 from .tokenizer import EOS
@@ -285,8 +285,8 @@ def line_scores(run, ids, context):
     K = len(ids) // len(context)
     on = ids.to(next(model.parameters()).device)
     if run.context is not None:  # log p(line | the lines before), as many as it has rows for
-        seen = context[:, max(0, context.shape[1] - (run.context.cfg.lines - 1)):]
-        score = line_nats(run.context, model, seen.to(on.device), on).cpu()
+        seen = recent(context, run.context.cfg.lines - 1).to(on.device)
+        score = line_nats(run.context, model, seen, on).cpu()
     else:
         score = line_lm_nats(model, on).cpu()
     score -= w["unigram"] * chain.log_unigram[ids].sum(-1)
