@@ -135,3 +135,24 @@ def test_the_context_refiner_loads_back_and_a_missing_file_is_one_clear_error(co
     (broken / CONTEXT).unlink()
     with pytest.raises(UserError, match="missing weights file"):
         load_run(broken)
+
+
+def test_a_fit_cut_and_continued_from_its_saved_state_ends_where_the_whole_fit_ends(
+        overfit_run):
+    import copy
+    import dataclasses
+    run = load_run(overfit_run.dir)
+    run.model.cfg = dataclasses.replace(run.model.cfg, dropout=0.2)  # a stream to restore
+    data = encode_splits(run, QUATRAINS * 20, QUATRAINS, 60)
+    quiet, states = (lambda *a: None), {}
+
+    def save(state):
+        states[state["steps"]] = copy.deepcopy(state)  # the fit goes on changing them
+    whole, _ = fit_context(run.model, data, 60, quiet, steps=30, batch=8, save=save,
+                           save_every=0)
+    assert sorted(states) == list(range(1, 31))
+    went_on, figures = fit_context(run.model, data, 60, quiet, steps=30, batch=8,
+                                   saved=states[12])
+    assert figures["steps"] == 30
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, went_on.state_dict()[k]), k

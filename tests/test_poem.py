@@ -145,3 +145,37 @@ def test_the_poem_models_lines_are_read_at_0_8_and_lines_alone_at_0_5(chained_ru
         chained_run.poems(1, seed=1, independent=True, noise=noise)
         chained_run.sample(2, seed=1, noise=noise)
         assert used and set(used) == {alone}, noise
+
+
+def test_a_poem_context_fit_cut_short_goes_on_from_its_checkpoint(overfit_run, tmp_path,
+                                                                  monkeypatch):
+    import textvae.poem as poem
+    from textvae.run import read_saved_config, update_config
+    folder = copy_run_files(overfit_run.dir, tmp_path / "run")
+    stanzas = write_corpus(tmp_path / "stanzas.txt",
+                           ["，".join(POEM_LINES[:4]), "，".join(POEM_LINES[4:])] * 60)
+    update_config(folder, lambda c: c["train"].update(poems=str(stanzas), poem_minutes=0.1,
+                                                      poem_context=True))
+    real_fit = poem.fit_context
+
+    def cut_at_20(*args, save, **kwargs):
+        def save_then_stop(state):
+            save(state)
+            if state["steps"] == 20:
+                raise KeyboardInterrupt
+        return real_fit(*args, save=save_then_stop, **{**kwargs, "save_every": 0})
+    monkeypatch.setattr(poem, "fit_context", cut_at_20)
+    with pytest.raises(KeyboardInterrupt):
+        poem.fit_run_chain(folder, log=lambda *a: None)
+    assert "chain_fit" in read_saved_config(folder) and not (folder / CONTEXT).exists()
+    assert poem.read_context_checkpoint(folder)["steps"] == 20
+    monkeypatch.setattr(poem, "fit_context", real_fit)
+    said = []
+    poem.fit_run_chain(folder, log=said.append)
+    assert said[0].startswith("poem context: going on from step 20 "), said
+    fit = read_saved_config(folder)["context_fit"]
+    assert fit["steps"] > 20 and (folder / CONTEXT).exists()
+    assert not (folder / poem.CONTEXT_CKPT).exists()
+    said.clear()
+    poem.fit_run_chain(folder, log=said.append)
+    assert said == ["the poem model is fitted already"]

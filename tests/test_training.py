@@ -353,3 +353,6 @@ def test_the_hour_preset_gives_two_thirds_of_an_hour_to_the_poem_model_and_flags
     assert mc.refiner_layers == configs()[1].refiner_layers     # the default model
     tc, _ = configs("hour", {"poem_minutes": 30.0})
     assert (tc.minutes, tc.poem_minutes) == (60.0, 30.0)
+    tc, mc = configs("long")
+    assert (tc.minutes, tc.epochs, tc.poem_minutes) == (180.0, 6, 150.0)
+    assert mc.refiner_layers == configs()[1].refiner_layers

@@ -107,7 +107,8 @@ def train_main(argv):
                    "checkpoint (its saved settings are used)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration "
                    "(su2018: Su Jianlin's 2018 Keras poetry VAE, the baseline; hour: 60 "
-                   "minutes, 40 of them for the poem model, docs/poems.md)")
+                   "minutes, 40 of them for the poem model, docs/poems.md; long: 180 "
+                   "minutes, 150 of them for the poem model)")
     _add_fields(p, TrainConfig)
     _add_fields(p, VAEConfig, skip=("vocab_size", "max_len"))
     args = vars(p.parse_args(argv))
@@ -121,7 +122,12 @@ def train_main(argv):
     out = train(tc, mc, resume=args["resume"], given=given)
     if not Group().main:  # under torchrun, rank 0 evaluates and reports
         return 0
-    fit_run_chain(out)
+    try:
+        fit_run_chain(out)
+    except KeyboardInterrupt:
+        print(f"interrupted while fitting the poem model; continue with: python train.py "
+              f"--resume {out}", file=sys.stderr)
+        return 130
     finish(out)
     print(f"\nrun saved in {out}; write poems with: python generate.py --run {out}")
     return 0

@@ -149,6 +149,9 @@ PRESETS = {
     # blind readers saw (docs/poems.md, "More time"); more steps of the line model alone
     # read no better.
     "hour": {"minutes": 60.0, "epochs": 5, "poem_minutes": 40.0},
+    # Three hours, the longest recipe on this CPU: the same split, five sixths of it for
+    # the poem model, whose fit a kill or Ctrl-C does not lose (--resume goes on).
+    "long": {"minutes": 180.0, "epochs": 6, "poem_minutes": 150.0},
 }
 
 

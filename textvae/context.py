@@ -172,20 +172,24 @@ def lm_nats(cref, model, ids, alone=False):
 
 
 def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=2e-3, steps=0,
-                bf16=False):
+                bf16=False, saved=None, save=None, save_every=300.0):
     """A ContextRefiner fitted in about ``seconds`` (or exactly ``steps``) to the encoded
     stanzas ``data`` (poem.Encoded), under bf16 autocast where ``bf16``.
-    Returns (cref, figures)."""
+    ``save(state)`` is called every ``save_every`` seconds of fitting; given back as
+    ``saved``, a state continues that fit where it was cut (``seconds`` and ``steps``
+    count from its start). Returns (cref, figures)."""
     torch.manual_seed(seed)
     mu, logvar, valid = data.mu, data.logvar, data.valid_ids
     ids = data.ids[:len(mu)]
     cref = ContextRefiner(model.cfg, ContextConfig(lines=ids.shape[1]))
     cref.ref.load_state_dict(model.refiner.state_dict())
     opt = torch.optim.AdamW(cref.parameters(), lr=lr, weight_decay=0.01)
-    gen, t0, done = torch.Generator().manual_seed(seed), time.time(), 0
+    gen = torch.Generator().manual_seed(seed)
+    done, before = _restored(saved, cref, opt, gen) if saved else (0, 0.0)
+    t0 = last_save = time.time()
     cref.train()
-    while (done < steps) if steps else (time.time() - t0 < seconds):
-        frac = done / steps if steps else (time.time() - t0) / seconds
+    while (done < steps) if steps else (before + time.time() - t0 < seconds):
+        frac = done / steps if steps else (before + time.time() - t0) / seconds
         for g in opt.param_groups:  # warm up, then a cosine down to zero at the end
             g["lr"] = lr * min(1.0, (done + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(frac, 1)))
         pick = torch.randint(len(ids), (batch,), generator=gen)
@@ -195,14 +199,33 @@ def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=2e-3, step
         loss.backward()
         opt.step()
         done += 1
+        if save and time.time() - last_save >= save_every:
+            save(fit_state(cref, opt, gen, done, before + time.time() - t0))
+            last_save = time.time()
     cref.eval()
-    figures = {"steps": done, "seconds": round(time.time() - t0, 1),
+    figures = {"steps": done, "seconds": round(before + time.time() - t0, 1),
                "valid_lm_nats": round(lm_nats(cref, model, valid), 2),
                "valid_lm_nats_alone": round(lm_nats(cref, model, valid, alone=True), 2)}
     log(f"poem context: {done:,} steps in {figures['seconds']} s; a held-out line costs "
         f"{figures['valid_lm_nats']} nats read after the lines before it, "
         f"{figures['valid_lm_nats_alone']} read alone")
     return cref, figures
+
+
+def fit_state(cref, opt, gen, done, elapsed):
+    """Everything a fit cut here needs to go on as if it had not been: the weights, the
+    optimiser, both random streams (batches and noise; dropout), steps and seconds."""
+    return {"cref": cref.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+            "rng": torch.get_rng_state(), "steps": done, "elapsed_s": elapsed}
+
+
+def _restored(state, cref, opt, gen):
+    """Load a ``fit_state`` into the fit's pieces; returns (steps, seconds) done."""
+    cref.load_state_dict(state["cref"])
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["rng"])
+    return state["steps"], state["elapsed_s"]
 
 
 # ---------------------------------------------------------------------------------------
