@@ -179,3 +179,13 @@ def test_a_poem_context_fit_cut_short_goes_on_from_its_checkpoint(overfit_run, t
     said.clear()
     poem.fit_run_chain(folder, log=said.append)
     assert said == ["the poem model is fitted already"]
+
+
+def test_the_poem_model_gets_what_the_budget_leaves_after_the_line_model_at_most_its_own():
+    from textvae.poem import poem_seconds
+    hour = {"minutes": 60.0, "poem_minutes": 40.0}
+    assert poem_seconds(hour, [{"elapsed_s": 1000.0}, {"elapsed_s": 1269.0}]) == 3600 - 1269
+    assert poem_seconds(hour, [{"elapsed_s": 900.0}]) == 2400                # its own at most
+    assert poem_seconds({**hour, "minutes": 0.0}, [{"elapsed_s": 9e9}]) == 2400  # no budget
+    assert poem_seconds(hour, []) == 2400
+    assert poem_seconds(hour, [{"elapsed_s": 4000.0}]) == 0

@@ -388,7 +388,7 @@ def fit_run_chain(run_dir, log=print):
     there: the chain, then (with --poem-context) the poem-context refiner, whose fit a
     checkpoint keeps every few minutes for --resume. Nothing where --poems is none or
     the poem model is fitted already."""
-    from .run import load_run, read_saved_config, save_chain
+    from .run import load_run, read_metrics, read_saved_config, save_chain
     config = read_saved_config(run_dir)
     tc = config["train"]
     context = tc.get("poem_context", False)
@@ -410,7 +410,7 @@ def fit_run_chain(run_dir, log=print):
             f"({saved['elapsed_s']:.0f} of {saved['seconds']:.0f} s)")
         data = encode_splits(run, train, valid, float("inf"), tc["seed"], saved["stanzas"])
         return _fit_run_context(run_dir, run, data, saved["seconds"], tc, saved, log)
-    seconds, t0 = tc["poem_minutes"] * 60, time.time()
+    seconds, t0 = poem_seconds(tc, read_metrics(run_dir)), time.time()
     data = encode_splits(run, train, valid, seconds / (8 if context else 3), tc["seed"])
     chain_seconds = seconds / 8 if context else seconds - (time.time() - t0)
     chain, figures = train_chain(run, data, chain_seconds, log, tc["seed"])
@@ -418,6 +418,16 @@ def fit_run_chain(run_dir, log=print):
     if not context:
         return figures
     return _fit_run_context(run_dir, run, data, seconds - (time.time() - t0), tc, None, log)
+
+
+def poem_seconds(tc, records):
+    """The poem model's seconds: --poem-minutes, or what --minutes leaves after the line
+    model's training (its last record in ``records``) where that is less, so the whole
+    run keeps the budget (the line model's share never drops below half of it)."""
+    seconds = tc["poem_minutes"] * 60
+    if not tc["minutes"] or not records:
+        return seconds
+    return max(0.0, min(seconds, tc["minutes"] * 60 - records[-1]["elapsed_s"]))
 
 
 CONTEXT_CKPT = "checkpoints/context.pt"  # the poem-context fit so far, for --resume
