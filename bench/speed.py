@@ -363,7 +363,7 @@ def main():
     if not (Path(args.run) / "config.json").exists():
         print(f"\n(no run at {args.run}: generation tables skipped)")
         return
-    writing_table(load_run(args.run, device=str(device)), 256 if args.smoke else 4096)
+    writing_table(load_run(args.run, device=str(device)), 256 if args.smoke else 4096, ceil32)
     user_table(args.run, device, args.smoke)
 
 
@@ -375,11 +375,13 @@ def timed(fn, device):
     return out, time.perf_counter() - t
 
 
-def writing_table(run, n):
+def writing_table(run, n, ceil32):
     """Lines/s of writing ``n`` prior samples in-process: the heads alone, the full path
     (heads' draft, refiner), that path with the refiner recomputing the whole line at
     every pass (the algorithm before the cache), and the default poems' lines (each the
-    best of 64 candidates) both ways; the cached and full-pass lines must be the same."""
+    best of 64 candidates) both ways; the cached and full-pass lines must be the same.
+    Then the full path's FLOPs a line and the lines/s the fp32 ceiling ``ceil32`` would
+    allow them: what no faster code of the same arithmetic can pass."""
     sc, device = for_run(run, SampleConfig()), decoding.device_of(run)
     z = torch.randn(n, run.model.cfg.latent, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -401,6 +403,12 @@ def writing_table(run, n):
         print(f"{name:<44} {rate:>9.0f}")
     base = dict(rows)
     print(f"{'full path speed-up':<44} {base[rows[1][0]] / base[rows[2][0]]:>8.1f}x")
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        decoding.write_ids(run.model, run.lengths, z[:256], decoding.noise_of(sc), sc,
+                           gen=torch.Generator().manual_seed(1))
+    mflop = fc.get_total_flops() / min(n, 256) / 1e6
+    print(f"full path, counted: {mflop:.1f} MFLOP a line; at the fp32 ceiling "
+          f"({ceil32:.0f} GFLOP/s) at most {ceil32 * 1e3 / mflop:.0f} lines/s")
 
 
 def poem_rows(run, sc, n_poems, device):

@@ -48,6 +48,7 @@ def test_speed_bench_runs_and_its_two_refiner_paths_agree(tiny):
                 "--sizes", "200", "--run", "run", cwd=tiny)
     assert "of ceiling" in out and "cached and full-pass lines identical" in out
     assert "poems, 64 candidates a line, cached" in out and "--independent" in out
+    assert "MFLOP a line; at the fp32 ceiling" in out
 
 
 def test_quality_bench_trains_and_judges_its_three_systems(tiny):

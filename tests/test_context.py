@@ -3,8 +3,8 @@ written line by line with its cache, fitted on stanzas with the line VAE frozen.
 import pytest
 import torch
 
-from textvae.context import (ContextConfig, ContextRefiner, InPoem, Written, lm_inputs,
-                             fit_context, line_nats)
+from textvae.context import (ContextConfig, ContextRefiner, InPoem, Keep, Written,
+                             lm_inputs, fit_context, line_nats)
 from textvae.errors import UserError
 from textvae.model import TextVAE, VAEConfig
 from textvae.poem import encode_splits, fit_chain, stanza_ids
@@ -137,6 +137,7 @@ def test_the_context_refiner_loads_back_and_a_missing_file_is_one_clear_error(co
         load_run(broken)
 
 
+
 def test_a_fit_cut_and_continued_from_its_saved_state_ends_where_the_whole_fit_ends(
         overfit_run):
     import copy
@@ -148,11 +149,25 @@ def test_a_fit_cut_and_continued_from_its_saved_state_ends_where_the_whole_fit_e
 
     def save(state):
         states[state["steps"]] = copy.deepcopy(state)  # the fit goes on changing them
-    whole, _ = fit_context(run.model, data, 60, quiet, steps=30, batch=8, save=save,
-                           save_every=0)
+    whole, _ = fit_context(run.model, data, 60, quiet, steps=30, batch=8,
+                           keep=Keep(save, every=0))
     assert sorted(states) == list(range(1, 31))
     went_on, figures = fit_context(run.model, data, 60, quiet, steps=30, batch=8,
                                    saved=states[12])
     assert figures["steps"] == 30
     for k, v in whole.state_dict().items():
         assert torch.equal(v, went_on.state_dict()[k]), k
+    # On the clock, the seconds a cut fit had spent count: none are left here.
+    _, figures = fit_context(run.model, data, 5, quiet, batch=8,
+                             saved={**states[12], "elapsed_s": 5.0})
+    assert figures["steps"] == 12 and figures["seconds"] >= 5.0
+
+
+def test_a_stop_asked_for_saves_the_fit_and_ends_it(overfit_run):
+    run = load_run(overfit_run.dir)
+    data = encode_splits(run, QUATRAINS * 20, QUATRAINS, 60)
+    saved = []
+    with pytest.raises(KeyboardInterrupt):
+        fit_context(run.model, data, 60, lambda *a: None, steps=30, batch=8,
+                    keep=Keep(saved.append, every=1e9, stop=lambda: True))
+    assert [s["steps"] for s in saved] == [1]

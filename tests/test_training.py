@@ -353,6 +353,14 @@ def test_the_hour_preset_gives_two_thirds_of_an_hour_to_the_poem_model_and_flags
     assert mc.refiner_layers == configs()[1].refiner_layers     # the default model
     tc, _ = configs("hour", {"poem_minutes": 30.0})
     assert (tc.minutes, tc.poem_minutes) == (60.0, 30.0)
+
+
+def test_the_long_preset_gives_the_poem_model_what_its_line_model_leaves_of_three_hours():
+    from textvae.config import configs
+    from textvae.poemfit import poem_seconds
     tc, mc = configs("long")
-    assert (tc.minutes, tc.epochs, tc.poem_minutes) == (180.0, 6, 150.0)
-    assert mc.refiner_layers == configs()[1].refiner_layers
+    assert mc.refiner_layers == configs()[1].refiner_layers     # the default model
+    assert tc.line_seconds() == 90 * 60                         # at most half the budget
+    settings = {"minutes": tc.minutes, "poem_minutes": tc.poem_minutes}
+    assert poem_seconds(settings, [{"elapsed_s": 25 * 60}]) == 150 * 60
+    assert poem_seconds(settings, [{"elapsed_s": 40 * 60}]) == 140 * 60

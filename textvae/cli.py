@@ -99,7 +99,7 @@ def train_main(argv):
     from .model import VAEConfig
     from .distributed import Group
     from .evaluate import finish
-    from .poem import fit_run_chain
+    from .poemfit import fit_run_chain
     from .trainer import train
     p = Parser(
         prog="train.py", description="Train a text VAE and save a self-contained run folder.")

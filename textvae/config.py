@@ -146,12 +146,12 @@ PRESETS = {
                "dec_hidden": 64, "dec_layers": 1, "dropout": 0.0, "refiner_layers": 0,
                "kl_schedule": "constant", "beta_max": 1.0, "free_bits": 0.0, "lr": 1e-3,
                "batch_size": 64},
-    # An hour on a 2-core CPU, two thirds of it for the poem model: time there is what
-    # blind readers saw (docs/poems.md, "More time"); more steps of the line model alone
-    # read no better.
+    # An hour on a 2-core CPU, up to two thirds of it for the poem model: time there is
+    # what blind readers saw (docs/poems.md, "More time"); more steps of the line model
+    # alone read no better.
     "hour": {"minutes": 60.0, "epochs": 5, "poem_minutes": 40.0},
-    # Three hours, the longest recipe on this CPU: the same split, five sixths of it for
-    # the poem model, whose fit a kill or Ctrl-C does not lose (--resume goes on).
+    # Three hours, the longest recipe on this CPU: up to five sixths of them for the
+    # poem model, whose fit keeps a checkpoint every five minutes (--resume goes on).
     "long": {"minutes": 180.0, "epochs": 6, "poem_minutes": 150.0},
 }
 

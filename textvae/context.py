@@ -22,6 +22,7 @@ lines before may be trusted to any degree.
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -171,13 +172,22 @@ def lm_nats(cref, model, ids, alone=False):
                            reduction="sum").item() / (ids.shape[0] * ids.shape[1])
 
 
+@dataclass
+class Keep:
+    """How a fit keeps its state: ``save(state)`` every ``every`` seconds, and at once
+    where ``stop()`` says a stop was asked for (the fit then raises KeyboardInterrupt)."""
+    save: Callable
+    every: float = 300.0
+    stop: Callable = lambda: False
+
+
 def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=2e-3, steps=0,
-                bf16=False, saved=None, save=None, save_every=300.0):
+                bf16=False, saved=None, keep=None):
     """A ContextRefiner fitted in about ``seconds`` (or exactly ``steps``) to the encoded
-    stanzas ``data`` (poem.Encoded), under bf16 autocast where ``bf16``.
-    ``save(state)`` is called every ``save_every`` seconds of fitting; given back as
-    ``saved``, a state continues that fit where it was cut (``seconds`` and ``steps``
-    count from its start). Returns (cref, figures)."""
+    stanzas ``data`` (poem.Encoded), under bf16 autocast where ``bf16``; its state kept
+    as ``keep`` says (Keep). Given back as ``saved``, a kept state goes on with that fit
+    where it was cut (``seconds`` and ``steps`` count from its start).
+    Returns (cref, figures)."""
     torch.manual_seed(seed)
     mu, logvar, valid = data.mu, data.logvar, data.valid_ids
     ids = data.ids[:len(mu)]
@@ -199,9 +209,11 @@ def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=2e-3, step
         loss.backward()
         opt.step()
         done += 1
-        if save and time.time() - last_save >= save_every:
-            save(fit_state(cref, opt, gen, done, before + time.time() - t0))
+        if keep and (keep.stop() or time.time() - last_save >= keep.every):
+            keep.save(fit_state(cref, opt, gen, done, before + time.time() - t0))
             last_save = time.time()
+            if keep.stop():
+                raise KeyboardInterrupt
     cref.eval()
     figures = {"steps": done, "seconds": round(before + time.time() - t0, 1),
                "valid_lm_nats": round(lm_nats(cref, model, valid), 2),

@@ -20,21 +20,17 @@ with the characters of the lines before. Jiuge re-ranks candidate lines the same
 (Yi et al. 2019); Shu et al. 2020 found latent search with rescoring worth most of the
 gap to an autoregressive model.
 """
-import io
 import random
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .config import Saved
 from .errors import UserError
-from .files import atomic_write_bytes
-from .context import Written, fit_context, line_nats, lm_inputs, log_prob, recent
-from .device import use_amp
+from .context import Written, line_nats, lm_inputs, log_prob, recent
 from .model import log_normal
 from .tokenizer import EOS
 
@@ -361,102 +357,3 @@ def chain_poems(run, n, sc, gen, candidates=16, n_lines=None, first=()):
         so_far = so_far.add(ids[rows].unsqueeze(1), z[rows].unsqueeze(1), noise)
         m, logvar, h = read_on(run, ids[rows], h)
     return poems
-
-
-# ---------------------------------------------------------------------------------------
-# A run's chain, from train.py
-
-def stanza_splits(spec, data_dir, lines, lengths):
-    """(train, valid) stanzas of a recipe (prepared as every corpus is) or of a file of
-    poems, split by each stanza's hash as corpus lines are."""
-    from .corpora import RECIPES, prepare, split_of
-    if spec in RECIPES and not Path(spec).exists():
-        folder = prepare(spec, data_dir)
-        return tuple(read_stanzas(folder / f"{s}.txt", lines, lengths) for s in ("train", "valid"))
-    path = Path(spec)
-    if not path.is_file():
-        raise UserError(f"--poems: no recipe or file named {spec!r}")
-    every = read_stanzas(path, lines, lengths)
-    split = [split_of("，".join(s)) for s in every]
-    train = [s for s, k in zip(every, split) if k == "train"]
-    valid = [s for s, k in zip(every, split) if k != "train"] or train[:100]
-    return train, valid
-
-
-def fit_run_chain(run_dir, log=print):
-    """Fit the poem model of the run in ``run_dir`` on its --poems stanzas and save it
-    there: the chain, then (with --poem-context) the poem-context refiner, whose fit a
-    checkpoint keeps every few minutes for --resume. Nothing where --poems is none or
-    the poem model is fitted already."""
-    from .run import load_run, read_metrics, read_saved_config, save_chain
-    config = read_saved_config(run_dir)
-    tc = config["train"]
-    context = tc.get("poem_context", False)
-    if tc.get("poems", "none") == "none":
-        return None
-    if "context_fit" in config or ("chain_fit" in config and not context):
-        log("the poem model is fitted already")
-        return config.get("context_fit", config["chain_fit"])
-    run = load_run(run_dir)
-    if run.tokenizer.units != "chars":
-        raise UserError("--poems chains lines of characters; this run's positions hold word pieces")
-    train, valid = stanza_splits(tc["poems"], tc["data_dir"], 4, set(run.form.lengths))
-    if len(train) < 100:
-        raise UserError(f"--poems {tc['poems']}: {len(train)} stanzas of four lines of "
-                        f"{run.form.lengths} characters; the chain needs at least 100")
-    saved = read_context_checkpoint(run_dir) if "chain_fit" in config else None
-    if saved:  # the chain is saved; the same stanzas again, and the context fit goes on
-        log(f"poem context: going on from step {saved['steps']:,} "
-            f"({saved['elapsed_s']:.0f} of {saved['seconds']:.0f} s)")
-        data = encode_splits(run, train, valid, float("inf"), tc["seed"], saved["stanzas"])
-        return _fit_run_context(run_dir, run, data, saved["seconds"], tc, saved, log)
-    seconds, t0 = poem_seconds(tc, read_metrics(run_dir)), time.time()
-    data = encode_splits(run, train, valid, seconds / (8 if context else 3), tc["seed"])
-    chain_seconds = seconds / 8 if context else seconds - (time.time() - t0)
-    chain, figures = train_chain(run, data, chain_seconds, log, tc["seed"])
-    save_chain(run_dir, chain, figures)
-    if not context:
-        return figures
-    return _fit_run_context(run_dir, run, data, seconds - (time.time() - t0), tc, None, log)
-
-
-def poem_seconds(tc, records):
-    """The poem model's seconds: --poem-minutes, or what --minutes leaves after the line
-    model's training (its last record in ``records``) where that is less, so the whole
-    run keeps the budget (the line model's share never drops below half of it)."""
-    seconds = tc["poem_minutes"] * 60
-    if not tc["minutes"] or not records:
-        return seconds
-    return max(0.0, min(seconds, tc["minutes"] * 60 - records[-1]["elapsed_s"]))
-
-
-CONTEXT_CKPT = "checkpoints/context.pt"  # the poem-context fit so far, for --resume
-SAVE_EVERY = 300.0  # seconds between its checkpoints: a kill loses at most this much
-
-
-def _fit_run_context(run_dir, run, data, seconds, tc, saved, log):
-    """The poem-context refiner of a run, fitted (or fitted on from ``saved``) in
-    ``seconds`` and saved; its checkpoint goes once the refiner is saved."""
-    from .decoding import device_of
-    from .run import save_context
-    path = Path(run_dir) / CONTEXT_CKPT
-
-    def save(state):
-        buf = io.BytesIO()
-        torch.save({**state, "seconds": seconds, "stanzas": len(data.mu)}, buf)
-        atomic_write_bytes(path, buf.getvalue())
-    cref, figures = fit_context(run.model, data, seconds, log, tc["seed"], saved=saved,
-                                save=save, save_every=SAVE_EVERY,
-                                bf16=use_amp(tc.get("amp", "auto"), device_of(run)))
-    save_context(run_dir, cref, figures)
-    path.unlink(missing_ok=True)
-    return figures
-
-
-def read_context_checkpoint(run_dir):
-    """The poem-context fit a cut run left, or None (none, or unreadable: fit anew)."""
-    path = Path(run_dir) / CONTEXT_CKPT
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # missing, or a write a kill cut short
-        return None

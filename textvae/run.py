@@ -5,9 +5,11 @@
       tokenizer.model      sentencepiece vocabulary
       model.safetensors    weights of the best validation record so far, or the latest
                            with --no-keep-best (safetensors: loading never runs code)
-      checkpoints/         training state for --resume: step-XXXXXXXX.pt, last K kept
+      checkpoints/         training state for --resume: step-XXXXXXXX.pt, last K kept;
+                           context.pt while the poem-context refiner is fitted (poemfit.py)
       chain.safetensors    the poem chain p(z_t | z_<t) over the lines' latents (poem.py),
                            fitted after the line VAE; absent: each line its own z
+      context.safetensors  the poem-context refiner (context.py), fitted after the chain
       metrics.jsonl        one record per evaluation ("kept": its weights became the run's)
       curves.png           reconstruction, KL, beta and -ELBO against step
       summary.json         final test figures

@@ -1,0 +1,79 @@
+"""A run's poem model fitted after its line model (poemfit.py): the time it gets, the
+checkpoint a cut fit goes on from, and the line weights it is tied to."""
+import json
+
+import pytest
+
+import textvae.poemfit as poemfit
+from textvae.poemfit import CONTEXT_CKPT, fit_run_chain, poem_seconds, read_context_checkpoint
+from textvae.run import CONTEXT, read_saved_config, update_config
+
+from .conftest import POEM_LINES, copy_run_files, write_corpus
+
+
+def _poem_run(src, tmp_path, **train):
+    """A copy of the run ``src`` set to fit a poem model on two quatrains in 6 seconds."""
+    folder = copy_run_files(src, tmp_path / "run")
+    stanzas = write_corpus(tmp_path / "stanzas.txt",
+                           ["，".join(POEM_LINES[:4]), "，".join(POEM_LINES[4:])] * 60)
+    settings = {"poems": str(stanzas), "poem_minutes": 0.1, "poem_context": True, **train}
+    update_config(folder, lambda c: c["train"].update(settings))
+    return folder
+
+
+def test_a_context_fit_cut_short_goes_on_from_its_checkpoint(overfit_run, tmp_path,
+                                                             monkeypatch):
+    folder = _poem_run(overfit_run.dir, tmp_path)
+    real_fit = poemfit.fit_context
+
+    def cut_at_3(*args, keep, **kwargs):
+        def save_then_stop(state):
+            keep.save(state)
+            if state["steps"] == 3:
+                raise KeyboardInterrupt
+        return real_fit(*args, keep=poemfit.Keep(save_then_stop, every=0), **kwargs)
+    monkeypatch.setattr(poemfit, "fit_context", cut_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        fit_run_chain(folder, log=lambda *a: None)
+    config = read_saved_config(folder)
+    assert "chain_fit" in config and not (folder / CONTEXT).exists()
+    saved = read_context_checkpoint(folder, config, config["chain_fit"]["line_step"])
+    assert saved["steps"] == 3
+    monkeypatch.setattr(poemfit, "fit_context", real_fit)
+    said = []
+    fit_run_chain(folder, log=said.append)
+    assert said[0].startswith("poem context: going on from step 3 "), said
+    fit = read_saved_config(folder)["context_fit"]
+    assert fit["steps"] > 3 and fit["seconds"] >= saved["elapsed_s"]
+    assert (folder / CONTEXT).exists() and not (folder / CONTEXT_CKPT).exists()
+    said.clear()
+    fit_run_chain(folder, log=said.append)
+    assert said == ["the poem model is fitted already"]
+
+
+def test_a_poem_model_fitted_to_other_line_weights_is_fitted_again(overfit_run, tmp_path):
+    folder = _poem_run(overfit_run.dir, tmp_path, poem_context=False)
+    fit_run_chain(folder, log=lambda *a: None)
+    said = []
+    fit_run_chain(folder, log=said.append)
+    assert said == ["the poem model is fitted already"]
+    first = read_saved_config(folder)["chain_fit"]["line_step"]
+    with open(folder / "metrics.jsonl", "a") as f:  # the line model trained on, and kept
+        f.write(json.dumps({"step": first + 100, "kept": True, "elapsed_s": 1.0}) + "\n")
+    said.clear()
+    fit_run_chain(folder, log=said.append)
+    assert "the poem model is fitted already" not in said
+    assert read_saved_config(folder)["chain_fit"]["line_step"] == first + 100
+
+
+def test_the_poem_model_gets_what_the_budget_leaves_after_the_line_model():
+    hour = {"minutes": 60.0, "poem_minutes": 40.0}
+    assert poem_seconds(hour, [{"elapsed_s": 1000.0}, {"elapsed_s": 1268.8}]) == 3600 - 1268.8
+    assert poem_seconds(hour, [{"elapsed_s": 900.0}]) == 2400                # its own at most
+    assert poem_seconds({**hour, "minutes": 0.0}, [{"elapsed_s": 9e9}]) == 2400  # no budget
+    assert poem_seconds(hour, []) == 2400
+    # A line model past its share (--max-steps, a resume) leaves the poem model its own
+    # share of the budget still: half of it here.
+    assert poem_seconds(hour, [{"elapsed_s": 4000.0}]) == 1800
+    default = {"minutes": 15.0, "poem_minutes": 4.5}
+    assert poem_seconds(default, [{"elapsed_s": 2000.0}]) == 270
