@@ -1,6 +1,6 @@
 """The anchor a user would pick instead to write lines: a character-level GRU LM.
 
-    python bench/charlm.py [--minutes 10] [--corpus tang5] [--out runs/bench-charlm]
+    python bench/charlm.py [--minutes 10] [--corpus tang5] [--out runs/bench-charlm-<corpus>]
 
 One GRU layer (hidden 512) over the same characters (the same sentencepiece vocabulary
 as the VAE), trained with teacher forcing on <s> line </s> for a wall-clock budget, then

@@ -201,7 +201,7 @@ def readme_block(run_dir, panels):
     out += [f"`python generate.py` (`{run_dir}`, seed 0):\n", "```text",
             "\n\n".join("\n".join(p) for p in poems), "```", "",
             "`python generate.py interpolate 白日依山尽 床前明月光 --how linear`:\n",
-            "```text", " -> ".join(path), "```"]
+            "```text", "   linear", *(f"{i}  {line}" for i, line in enumerate(path)), "```"]
     return "\n".join(out)
 
 

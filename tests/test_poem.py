@@ -106,6 +106,17 @@ def test_train_with_poems_saves_a_chain_that_generate_continues(tmp_path):
     assert_one_line_error(r, "nothing left to write")
 
 
+def test_a_poem_model_without_a_refiner_is_refused_before_training(tmp_path):
+    from textvae.config import configs
+    assert configs("su2018")[0].poems == "none"  # the baseline has none
+    corpus = write_corpus(tmp_path / "lines.txt", POEM_LINES * 2)
+    stanzas = write_corpus(tmp_path / "stanzas.txt", ["，".join(POEM_LINES[:4])] * 120)
+    r = run_cli("train.py", "--corpus", corpus, "--out", tmp_path / "run", *TINY,
+                "--poems", stanzas, "--refiner-layers", "0", cwd=tmp_path)
+    assert_one_line_error(r, "--refiner-layers 0 needs --poems none")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_candidate_pays_for_characters_of_the_lines_before_and_a_third_numeral():
     from types import SimpleNamespace
     from textvae.poem import WEIGHTS, faults

@@ -35,11 +35,12 @@ class TrainConfig:
                                   # pieces, for English verse), or auto: the recipe's,
                                   # else pieces for a script written with spaces
                                   # (corpora.default_units)
-    vocab_size: int = 0           # ids kept (+4 specials): characters (rarer ones become
-                                  # <unk>) or pieces; 0: 4000 characters, 1000 pieces
+    vocab_size: int = 0           # ids kept, the 4 specials among them: characters (rarer
+                                  # ones become <unk>) or pieces; 0: 4000 ids for
+                                  # characters, 1000 for pieces
     max_chars: int = 0            # longest line kept, in characters; 0: the longest training
                                   # line (at most 64)
-    epochs: float = 2.4           # passes over the training split (tang5: ~14 min on 2
+    epochs: float = 2.4           # passes over the training split (tang5: ~10 min on 2
                                   # CPU cores); see min_steps and max_steps
     min_steps: int = 3000         # a small corpus still trains this many steps (10k lines
                                   # at 2.4 epochs would be only ~100 steps)
@@ -139,13 +140,13 @@ def flag(name):
 
 
 # Su Jianlin's Keras poetry VAE (bojone/vae, 2018), the baseline to beat: no
-# refiner, KL at weight 1 from the first step, no free bits.
+# refiner (so no poem model), KL at weight 1 from the first step, no free bits.
 PRESETS = {
     "su2018": {"emb_dim": 64, "enc_hidden": 64, "enc_layers": 2, "kernel": 3,
                "pooling": "mean", "enc_positions": False, "latent": 64, "dec_trunk": 0,
                "dec_hidden": 64, "dec_layers": 1, "dropout": 0.0, "refiner_layers": 0,
                "kl_schedule": "constant", "beta_max": 1.0, "free_bits": 0.0, "lr": 1e-3,
-               "batch_size": 64},
+               "batch_size": 64, "poems": "none"},
     # An hour on a 2-core CPU, up to two thirds of it for the poem model: time there is
     # what blind readers saw (docs/poems.md, "More time"); more steps of the line model
     # alone read no better.

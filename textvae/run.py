@@ -343,6 +343,10 @@ def start_run(tc: TrainConfig, mc: VAEConfig, log=print):
     if Path(tc.corpus).exists():
         tc.corpus = str(Path(tc.corpus).resolve())
     tc.data_dir = str(Path(tc.data_dir).resolve())
+    if not mc.refiner_layers and (tc.poems if tc.poems != "auto" else
+                                  default_poems(tc.corpus)) != "none":  # before training
+        raise UserError("the poem model (--poems) writes through the refiner: "
+                        "--refiner-layers 0 needs --poems none")
     corpus = load_corpus(tc.corpus, tc.data_dir, tc.max_chars, tc.skip_bad_lines)
     out = Path(tc.out or Path("runs") / corpus.name)
     open_run_folder(out)
