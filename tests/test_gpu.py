@@ -60,3 +60,19 @@ def test_a_compiled_run_trains_and_checkpoints(tmp_path):
 def test_bf16_autocast_is_chosen_where_the_gpu_has_it():
     from textvae.device import use_amp
     assert use_amp("auto", torch.device("cuda")) == torch.cuda.is_bf16_supported(False)
+
+
+def test_the_poem_model_fits_on_the_gpu_and_writes_poems_there(tmp_path):
+    from textvae.poemfit import fit_run_chain
+    from textvae.run import load_run
+    stanzas = write_corpus(tmp_path / "stanzas.txt",
+                           ["，".join(POEM_LINES[:4]), "，".join(POEM_LINES[4:])] * 60)
+    out = train_tiny(tmp_path, max_steps=50, poems=str(stanzas), poem_minutes=0.1,
+                     compile="off")
+    said = []
+    fit_run_chain(out, log=said.append)
+    assert any(s.startswith("poem context: ") for s in said), said
+    run = load_run(out, device="cuda")
+    assert next(run.context.parameters()).is_cuda
+    poems = run.poems(2, seed=1, line_candidates=4)
+    assert len(poems) == 2 and all(len(p) == 4 for p in poems)

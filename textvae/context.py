@@ -153,6 +153,8 @@ def stanza_loss(cref, model, ids, mu, logvar, gen=None):
     z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen)
     noise = torch.rand(ids.shape[:2], generator=gen)
     z_a = noised(z, noise, torch.randn(z.shape, generator=gen))
+    dev = next(cref.parameters()).device  # drawn on the CPU: the same draws on any device
+    ids, z_a, noise = ids.to(dev), z_a.to(dev), noise.to(dev)
     with torch.no_grad():
         draft = model.decoder.features(z_a.flatten(0, 1)).view(*ids.shape, -1)
     logits = cref(ids, z_a, noise, draft)
@@ -167,6 +169,7 @@ def lm_nats(cref, model, ids, alone=False):
     refiner reads it): the difference is what the context tells of a line."""
     if alone:
         ids = ids.flatten(0, 1).unsqueeze(1)
+    ids = ids.to(next(cref.parameters()).device)
     logits = cref(ids, *lm_inputs(model, ids))
     return F.cross_entropy(logits.float().flatten(0, 2), ids.flatten(),
                            reduction="sum").item() / (ids.shape[0] * ids.shape[1])
@@ -191,8 +194,10 @@ def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=2e-3, step
     torch.manual_seed(seed)
     mu, logvar, valid = data.mu, data.logvar, data.valid_ids
     ids = data.ids[:len(mu)]
+    dev = next(model.parameters()).device  # the line model's; data and draws stay on the CPU
     cref = ContextRefiner(model.cfg, ContextConfig(lines=ids.shape[1]))
     cref.ref.load_state_dict(model.refiner.state_dict())
+    cref = cref.to(dev)
     opt = torch.optim.AdamW(cref.parameters(), lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     done, before = _restored(saved, cref, opt, gen) if saved else (0, 0.0)
@@ -203,7 +208,7 @@ def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=2e-3, step
         for g in opt.param_groups:  # warm up, then a cosine down to zero at the end
             g["lr"] = lr * min(1.0, (done + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(frac, 1)))
         pick = torch.randint(len(ids), (batch,), generator=gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             loss = stanza_loss(cref, model, ids[pick], mu[pick], logvar[pick], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -153,15 +153,16 @@ def stanza_ids(run, stanzas):
 @torch.no_grad()
 def encode_stanzas(model, ids, seconds, batch=2048):
     """mu, logvar (N', T, D) of the stanzas ids (N, T, L), as many as the line encoder
-    gets through in ``seconds`` (at least one batch)."""
+    gets through in ``seconds`` (at least one batch), on the CPU whatever the model's
+    device."""
     mus, logvars, t0, done = [], [], time.time(), 0
     N, T, L = ids.shape
-    per = max(1, batch // T)
+    per, dev = max(1, batch // T), next(model.parameters()).device
     while done < N and (done == 0 or time.time() - t0 < seconds):
         chunk = ids[done:done + per]
-        mu, logvar = model.encode(chunk.flatten(0, 1))
-        mus.append(mu.view(len(chunk), T, -1))
-        logvars.append(logvar.view(len(chunk), T, -1))
+        mu, logvar = model.encode(chunk.flatten(0, 1).to(dev))
+        mus.append(mu.view(len(chunk), T, -1).cpu())
+        logvars.append(logvar.view(len(chunk), T, -1).cpu())
         done += len(chunk)
     return torch.cat(mus), torch.cat(logvars)
 

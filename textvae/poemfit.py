@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .context import Keep, fit_context
-from .device import use_amp
+from .device import resolve_device, use_amp
 from .errors import UserError
 from .files import atomic_write_bytes
 from .poem import encode_splits, read_stanzas, train_chain
@@ -52,7 +52,7 @@ def fit_run_chain(run_dir, log=print):
         log("the poem model is fitted already")
         (Path(run_dir) / CONTEXT_CKPT).unlink(missing_ok=True)
         return done
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=str(resolve_device(tc.get("device", "auto"))))
     train, valid = _run_stanzas(run, tc)
     saved = read_context_checkpoint(run_dir, config, line_step, log)
     if saved:  # the chain is saved; the same stanzas again, and the context fit goes on

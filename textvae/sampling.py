@@ -114,8 +114,9 @@ def continued(run, first, n_poems, sc: SampleConfig = SampleConfig()):
 
 
 def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=(), lines_a_batch=4096):
-    """The chain's poems, as many at a time as keep ``lines_a_batch`` candidate lines."""
-    for todo in batch_sizes(n_poems, max(1, lines_a_batch // sc.line_candidates)):
+    """The chain's poems, as many at a time as keep ``lines_a_batch`` candidate lines,
+    the first alone (its candidates are most of the wait for it)."""
+    for todo in batch_sizes(n_poems, max(1, lines_a_batch // sc.line_candidates), first=1):
         yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first)
 
 
