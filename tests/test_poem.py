@@ -96,6 +96,7 @@ def test_train_with_poems_saves_a_chain_that_generate_continues(tmp_path):
     assert (tmp_path / "run" / CHAIN).exists() and (tmp_path / "run" / CONTEXT).exists()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert "chain" in config and "context" in config
+    assert config["train"]["poems"] == "../stanzas.txt"  # the folders can move together
     r = run_cli("generate.py", "--run", tmp_path / "run", "continue", "白日依山尽", "--num", "2")
     assert r.returncode == 0, r.stderr
     poems = r.stdout.strip().split("\n\n")

@@ -153,13 +153,20 @@ def stanza_loss(cref, model, ids, mu, logvar, gen=None):
     z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen)
     noise = torch.rand(ids.shape[:2], generator=gen)
     z_a = noised(z, noise, torch.randn(z.shape, generator=gen))
-    dev = next(cref.parameters()).device  # drawn on the CPU: the same draws on any device
-    ids, z_a, noise = ids.to(dev), z_a.to(dev), noise.to(dev)
+    ids, z_a, noise = (to_device(t, next(cref.parameters()).device) for t in (ids, z_a, noise))
     with torch.no_grad():
         draft = model.decoder.features(z_a.flatten(0, 1)).view(*ids.shape, -1)
     logits = cref(ids, z_a, noise, draft)
     return F.cross_entropy(logits.float().flatten(0, 2), ids.flatten(),
                            reduction="sum") / (ids.shape[0] * ids.shape[1])
+
+
+def to_device(t, dev):
+    """A CPU tensor on ``dev``; to a GPU through pinned memory, so the copy does not
+    make the host wait for the work queued there."""
+    if dev.type != "cuda":
+        return t.to(dev)
+    return t.pin_memory().to(dev, non_blocking=True)
 
 
 @torch.no_grad()
@@ -231,9 +238,12 @@ def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=2e-3, step
 
 def fit_state(cref, opt, gen, done, elapsed):
     """Everything a fit cut here needs to go on as if it had not been: the weights, the
-    optimiser, both random streams (batches and noise; dropout), steps and seconds."""
+    optimiser, the random streams (batches and noise; dropout, on the CPU or the GPU),
+    steps and seconds."""
+    dev = next(cref.parameters()).device
     return {"cref": cref.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-            "rng": torch.get_rng_state(), "steps": done, "elapsed_s": elapsed}
+            "rng": torch.get_rng_state(), "steps": done, "elapsed_s": elapsed,
+            **({"cuda_rng": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {})}
 
 
 def _restored(state, cref, opt, gen):
@@ -242,6 +252,9 @@ def _restored(state, cref, opt, gen):
     opt.load_state_dict(state["opt"])
     gen.set_state(state["gen"])
     torch.set_rng_state(state["rng"])
+    dev = next(cref.parameters()).device
+    if dev.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], dev)
     return state["steps"], state["elapsed_s"]
 
 

@@ -182,7 +182,7 @@ def update_config(out, change):
 
 # Paths in config.json are stored relative to the run folder, so a project folder can
 # move or be shared with its data and runs; they are made absolute again on reading.
-PATHS = ("corpus", "data_dir")
+PATHS = ("corpus", "data_dir", "poems")
 
 
 def _portable(path, run_dir):
@@ -194,10 +194,10 @@ def _portable(path, run_dir):
 
 
 def _absolute(key, path, run_dir):
-    """Back from config.json: data_dir is always a folder path; a corpus is a path only
-    where one exists (else it is a recipe name)."""
+    """Back from config.json: data_dir is always a folder path; a corpus or --poems is
+    a path only where one exists (else a recipe name, or none)."""
     p = Path(run_dir) / path
-    if Path(path).is_absolute() or (key == "corpus" and not p.exists()):
+    if Path(path).is_absolute() or (key != "data_dir" and not p.exists()):
         return path
     return str(p.resolve())
 
@@ -340,11 +340,13 @@ def start_run(tc: TrainConfig, mc: VAEConfig, log=print):
     """A new run: corpus, tokenizer fitted on its training split, run folder written."""
     # Absolute here, so --resume and evaluate work from any directory; config.json stores
     # them relative to the run folder (run.py, PATHS).
-    if Path(tc.corpus).exists():
-        tc.corpus = str(Path(tc.corpus).resolve())
+    for key in ("corpus", "poems"):
+        if Path(getattr(tc, key)).exists():
+            setattr(tc, key, str(Path(getattr(tc, key)).resolve()))
     tc.data_dir = str(Path(tc.data_dir).resolve())
-    if not mc.refiner_layers and (tc.poems if tc.poems != "auto" else
-                                  default_poems(tc.corpus)) != "none":  # before training
+    # A poem model writes through the refiner: without one, auto means none, and asking
+    # for one is refused before training, not after.
+    if not mc.refiner_layers and tc.poems not in ("auto", "none"):
         raise UserError("the poem model (--poems) writes through the refiner: "
                         "--refiner-layers 0 needs --poems none")
     corpus = load_corpus(tc.corpus, tc.data_dir, tc.max_chars, tc.skip_bad_lines)
@@ -354,7 +356,8 @@ def start_run(tc: TrainConfig, mc: VAEConfig, log=print):
     tc.units = tc.units if tc.units != "auto" else default_units(tc.corpus, corpus.train)
     tc.vocab_size = tc.vocab_size or VOCAB[tc.units]
     tc.beta_max = tc.beta_max or default_beta(tc.corpus)
-    tc.poems = tc.poems if tc.poems != "auto" else default_poems(tc.corpus)
+    tc.poems = tc.poems if tc.poems != "auto" else (
+        default_poems(tc.corpus) if mc.refiner_layers else "none")
     tok = tokenizer_class(tc.units).train(corpus.train, tc.vocab_size)
     # One position a character, or a piece: as many as the longest line of any split takes
     mc.vocab_size, mc.max_len = tok.vocab_size, max(
