@@ -76,8 +76,7 @@ def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads
           batch=256):
     """Yield ``n_poems`` poems (lists of lines), written ``batch`` poems at a time, so any
     number streams in constant memory. No line repeats within a poem. The first batch
-    is of ``FIRST_BATCH`` poems (of one, for the poem chain's), so the first poem prints
-    at once, not after 256.
+    is of ``FIRST_BATCH`` poems, so the first poem prints at once, not after 256.
 
     ``heads`` (an acrostic): the first character of each line (of each clause on a
     whole-poem corpus), in order.
@@ -115,13 +114,12 @@ def continued(run, first, n_poems, sc: SampleConfig = SampleConfig()):
 
 
 def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=(), lines_a_batch=4096):
-    """The chain's poems, as many at a time as keep ``lines_a_batch`` candidate lines,
-    the first alone (its candidates are most of the wait for it)."""
-    for todo in batch_sizes(n_poems, max(1, lines_a_batch // sc.line_candidates), first=1):
+    """The chain's poems, as many at a time as keep ``lines_a_batch`` candidate lines."""
+    for todo in batch_sizes(n_poems, max(1, lines_a_batch // sc.line_candidates)):
         yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first)
 
 
-FIRST_BATCH = 8  # poems of independent lines; every --num up to 8 is one batch
+FIRST_BATCH = 8  # poems; every --num up to 8 is one batch
 
 
 def batch_sizes(n, batch, first=FIRST_BATCH):
