@@ -209,9 +209,10 @@ def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=2e-3, step
     gen = torch.Generator().manual_seed(seed)
     done, before = _restored(saved, cref, opt, gen) if saved else (0, 0.0)
     t0 = last_save = time.time()
+    elapsed = lambda: before + time.time() - t0  # noqa: E731 - seconds of the whole fit
     cref.train()
-    while (done < steps) if steps else (before + time.time() - t0 < seconds):
-        frac = done / steps if steps else (before + time.time() - t0) / seconds
+    while (done < steps) if steps else (elapsed() < seconds):
+        frac = done / steps if steps else elapsed() / seconds
         for g in opt.param_groups:  # warm up, then a cosine down to zero at the end
             g["lr"] = lr * min(1.0, (done + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(frac, 1)))
         pick = torch.randint(len(ids), (batch,), generator=gen)
@@ -222,12 +223,12 @@ def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=2e-3, step
         opt.step()
         done += 1
         if keep and (keep.stop() or time.time() - last_save >= keep.every):
-            keep.save(fit_state(cref, opt, gen, done, before + time.time() - t0))
+            keep.save(fit_state(cref, opt, gen, done, elapsed()))
             last_save = time.time()
             if keep.stop():
                 raise KeyboardInterrupt
     cref.eval()
-    figures = {"steps": done, "seconds": round(before + time.time() - t0, 1),
+    figures = {"steps": done, "seconds": round(elapsed(), 1),
                "valid_lm_nats": round(lm_nats(cref, model, valid), 2),
                "valid_lm_nats_alone": round(lm_nats(cref, model, valid, alone=True), 2)}
     log(f"poem context: {done:,} steps in {figures['seconds']} s; a held-out line costs "

@@ -5,7 +5,6 @@ poem-context refiner, whose fit keeps a checkpoint (``checkpoints/context.pt``) 
 step of those weights, ``line_step``): a run whose line model trains further fits its
 poem model again.
 """
-import io
 import time
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import torch
 from .context import Keep, fit_context
 from .device import resolve_device, use_amp
 from .errors import UserError
-from .files import atomic_write_bytes
 from .poem import encode_splits, read_stanzas, train_chain
 from .run import CKPT_DIR
 
@@ -105,16 +103,14 @@ def _fit_run_context(run_dir, run, data, seconds, tc, line_step, saved, log):
     ``seconds`` and saved; its checkpoint goes once the refiner is saved. Ctrl-C or
     SIGTERM saves the checkpoint and stops."""
     from .decoding import device_of
-    from .run import save_context
+    from .run import save_context, save_state
     from .trainer import StopRequested
     path = Path(run_dir) / CONTEXT_CKPT
     bf16 = saved["bf16"] if saved else use_amp(tc.get("amp", "auto"), device_of(run))
 
     def save(state):
-        buf = io.BytesIO()
-        torch.save({**state, "seconds": seconds, "stanzas": len(data.mu), "bf16": bf16,
-                    "line_step": line_step}, buf)
-        atomic_write_bytes(path, buf.getvalue())
+        save_state(path, {**state, "seconds": seconds, "stanzas": len(data.mu), "bf16": bf16,
+                          "line_step": line_step})
     with StopRequested() as stop:
         cref, figures = fit_context(run.model, data, seconds, log, tc["seed"], bf16=bf16,
                                     saved=saved, keep=Keep(save, SAVE_EVERY,

@@ -418,13 +418,18 @@ def weights_step(records):
 def save_checkpoint(run_dir, state, keep=2):
     """Write checkpoints/step-N.pt atomically, then drop all but the newest ``keep``."""
     folder = Path(run_dir) / CKPT_DIR
-    buf = io.BytesIO()
-    torch.save(state, buf)
     path = folder / f"step-{state['step']:08d}.pt"
-    atomic_write_bytes(path, buf.getvalue())
+    save_state(path, state)
     for old in sorted(folder.glob("step-*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def save_state(path, state):
+    """torch.save ``state`` (plain tensors and numbers) to ``path`` atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def has_checkpoint(run_dir):
