@@ -137,7 +137,6 @@ def test_the_context_refiner_loads_back_and_a_missing_file_is_one_clear_error(co
         load_run(broken)
 
 
-
 def test_a_fit_cut_and_continued_from_its_saved_state_ends_where_the_whole_fit_ends(
         overfit_run):
     import copy

@@ -157,4 +157,3 @@ def test_the_poem_models_lines_are_read_at_0_8_and_lines_alone_at_0_5(chained_ru
         chained_run.poems(1, seed=1, independent=True, noise=noise)
         chained_run.sample(2, seed=1, noise=noise)
         assert used and set(used) == {alone}, noise
-

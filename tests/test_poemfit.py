@@ -1,12 +1,15 @@
 """A run's poem model fitted after its line model (poemfit.py): the time it gets, the
 checkpoint a cut fit goes on from, and the line weights it is tied to."""
-import json
+import os
+import signal
 
 import pytest
+import torch
 
+import textvae.context
 import textvae.poemfit as poemfit
 from textvae.poemfit import CONTEXT_CKPT, fit_run_chain, poem_seconds, read_context_checkpoint
-from textvae.run import CONTEXT, read_saved_config, update_config
+from textvae.run import CONTEXT, load_run, read_saved_config, save_weights, update_config
 
 from .conftest import POEM_LINES, copy_run_files, write_corpus
 
@@ -37,7 +40,7 @@ def test_a_context_fit_cut_short_goes_on_from_its_checkpoint(overfit_run, tmp_pa
         fit_run_chain(folder, log=lambda *a: None)
     config = read_saved_config(folder)
     assert "chain_fit" in config and not (folder / CONTEXT).exists()
-    saved = read_context_checkpoint(folder, config, config["chain_fit"]["line_step"])
+    saved = read_context_checkpoint(folder, config)
     assert saved["steps"] == 3
     monkeypatch.setattr(poemfit, "fit_context", real_fit)
     said = []
@@ -51,19 +54,73 @@ def test_a_context_fit_cut_short_goes_on_from_its_checkpoint(overfit_run, tmp_pa
     assert said == ["the poem model is fitted already"]
 
 
-def test_a_poem_model_fitted_to_other_line_weights_is_fitted_again(overfit_run, tmp_path):
+def test_a_poem_model_fitted_to_other_line_weights_is_set_aside_then_fitted_again(
+        overfit_run, tmp_path, capsys):
     folder = _poem_run(overfit_run.dir, tmp_path, poem_context=False)
     fit_run_chain(folder, log=lambda *a: None)
     said = []
     fit_run_chain(folder, log=said.append)
     assert said == ["the poem model is fitted already"]
-    first = read_saved_config(folder)["chain_fit"]["line_step"]
-    with open(folder / "metrics.jsonl", "a") as f:  # the line model trained on, and kept
-        f.write(json.dumps({"step": first + 100, "kept": True, "elapsed_s": 1.0}) + "\n")
+    assert load_run(folder).chain is not None
+    model = load_run(folder).model  # the line model trains on (--resume), and stops there
+    with torch.no_grad():
+        model.embed.weight.add_(0.01)
+    save_weights(folder, model)
+    capsys.readouterr()
+    assert load_run(folder).chain is None
+    assert "poem model was fitted to other line weights" in capsys.readouterr().err
     said.clear()
     fit_run_chain(folder, log=said.append)
     assert "the poem model is fitted already" not in said
-    assert read_saved_config(folder)["chain_fit"]["line_step"] == first + 100
+    assert load_run(folder).chain is not None
+
+
+def _signal_at(monkeypatch, module, name, calls):
+    """Send this process SIGINT on the ``calls``-th call of module.name, as a Ctrl-C."""
+    real, count = getattr(module, name), [0]
+
+    def wrapped(*args, **kwargs):
+        count[0] += 1
+        if count[0] == calls:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def test_ctrl_c_in_the_context_fit_saves_it_at_the_next_step(overfit_run, tmp_path,
+                                                            monkeypatch):
+    folder = _poem_run(overfit_run.dir, tmp_path)
+    _signal_at(monkeypatch, textvae.context, "stanza_loss", 3)
+    with pytest.raises(KeyboardInterrupt):
+        fit_run_chain(folder, log=lambda *a: None)
+    saved = read_context_checkpoint(folder, read_saved_config(folder))
+    assert saved["steps"] == 3 and not (folder / CONTEXT).exists()
+
+
+def test_ctrl_c_after_the_last_step_keeps_the_fitted_refiner(overfit_run, tmp_path,
+                                                            monkeypatch):
+    folder = _poem_run(overfit_run.dir, tmp_path)
+    _signal_at(monkeypatch, textvae.context, "lm_nats", 1)  # the held-out figures
+    with pytest.raises(KeyboardInterrupt):
+        fit_run_chain(folder, log=lambda *a: None)
+    assert (folder / CONTEXT).exists() and not (folder / CONTEXT_CKPT).exists()
+    said = []
+    fit_run_chain(folder, log=said.append)
+    assert said == ["the poem model is fitted already"]
+
+
+def test_a_cut_fit_on_stanzas_changed_since_starts_anew(overfit_run, tmp_path, monkeypatch):
+    folder = _poem_run(overfit_run.dir, tmp_path)
+    _signal_at(monkeypatch, textvae.context, "stanza_loss", 3)
+    with pytest.raises(KeyboardInterrupt):
+        fit_run_chain(folder, log=lambda *a: None)
+    monkeypatch.undo()
+    backwards = [l[::-1] for l in POEM_LINES]  # the same count of stanzas, other ones
+    write_corpus(tmp_path / "stanzas.txt", ["，".join(backwards[:4]), "，".join(backwards[4:])] * 60)
+    said = []
+    fit_run_chain(folder, log=said.append)
+    assert "the --poems stanzas changed since the poem model's fit began; fitting it anew" in said
+    assert not any(s.startswith("poem context: going on") for s in said)
 
 
 def test_the_poem_model_gets_what_the_budget_leaves_after_the_line_model():

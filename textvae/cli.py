@@ -9,6 +9,7 @@ import functools
 import inspect
 import json
 import re
+import signal
 import sys
 import typing
 from dataclasses import fields
@@ -107,8 +108,8 @@ def train_main(argv):
                    "checkpoint (its saved settings are used)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration "
                    "(su2018: Su Jianlin's 2018 Keras poetry VAE, the baseline; hour: 60 "
-                   "minutes, 40 of them for the poem model, docs/poems.md; long: 180 "
-                   "minutes, 150 of them for the poem model)")
+                   "minutes, up to 40 of them for the poem model, docs/poems.md; long: "
+                   "180 minutes, up to 150 of them for the poem model)")
     _add_fields(p, TrainConfig)
     _add_fields(p, VAEConfig, skip=("vocab_size", "max_len"))
     args = vars(p.parse_args(argv))
@@ -122,6 +123,7 @@ def train_main(argv):
     out = train(tc, mc, resume=args["resume"], given=given)
     if not Group().main:  # under torchrun, rank 0 evaluates and reports
         return 0
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the poem model as Ctrl-C does
     try:
         fit_run_chain(out)
     except KeyboardInterrupt:
@@ -131,6 +133,10 @@ def train_main(argv):
     finish(out)
     print(f"\nrun saved in {out}; write poems with: python generate.py --run {out}")
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------------------

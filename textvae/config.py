@@ -88,8 +88,9 @@ class TrainConfig:
                                   # line VAE, so a poem's lines follow each other: a recipe
                                   # (stanza5) or a file of poems, one a line as 甲，乙。丙，丁。;
                                   # auto: the recipe's (tang5: stanza5, else none); none
-    poem_minutes: float = 4.5     # of --minutes, what the poem model takes (at most what
-                                  # the line model leaves): encoding stanzas, the chain and
+    poem_minutes: float = 4.5     # of --minutes, what the poem model takes (less where the
+                                  # line model left less, but never under its share of
+                                  # the budget or half of it): encoding stanzas, the chain and
                                   # the poem-context refiner (an eighth, an eighth and the
                                   # rest); with --minutes 0, as given
     poem_context: bool = True     # fit the poem-context refiner (context.py), so each line

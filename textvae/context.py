@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoints import rng_state, set_rng_state
 from .config import Saved
 from .model import Refiner, VAEConfig, noised
 
@@ -187,7 +188,7 @@ class Keep:
     """How a fit keeps its state: ``save(state)`` every ``every`` seconds, and at once
     where ``stop()`` says a stop was asked for (the fit then raises KeyboardInterrupt)."""
     save: Callable
-    every: float = 300.0
+    every: float
     stop: Callable = lambda: False
 
 
@@ -241,10 +242,8 @@ def fit_state(cref, opt, gen, done, elapsed):
     """Everything a fit cut here needs to go on as if it had not been: the weights, the
     optimiser, the random streams (batches and noise; dropout, on the CPU or the GPU),
     steps and seconds."""
-    dev = next(cref.parameters()).device
     return {"cref": cref.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-            "rng": torch.get_rng_state(), "steps": done, "elapsed_s": elapsed,
-            **({"cuda_rng": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {})}
+            "steps": done, "elapsed_s": elapsed, **rng_state(next(cref.parameters()).device)}
 
 
 def _restored(state, cref, opt, gen):
@@ -252,10 +251,7 @@ def _restored(state, cref, opt, gen):
     cref.load_state_dict(state["cref"])
     opt.load_state_dict(state["opt"])
     gen.set_state(state["gen"])
-    torch.set_rng_state(state["rng"])
-    dev = next(cref.parameters()).device
-    if dev.type == "cuda" and "cuda_rng" in state:
-        torch.cuda.set_rng_state(state["cuda_rng"], dev)
+    set_rng_state(state, next(cref.parameters()).device)
     return state["steps"], state["elapsed_s"]
 
 

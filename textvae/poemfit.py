@@ -2,9 +2,11 @@
 stanzas, in the time the budget gives it (``poem_seconds``), the chain first and then the
 poem-context refiner, whose fit keeps a checkpoint (``checkpoints/context.pt``) that
 ``--resume`` goes on from. Both are tied to the line weights they were fitted with (the
-step of those weights, ``line_step``): a run whose line model trains further fits its
-poem model again.
+digest of those weights, ``line_weights``): a run whose line model trains further fits
+its poem model again, and a run folder is read without a poem model not tied to its
+line weights (run.load_run).
 """
+import hashlib
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from .context import Keep, fit_context
 from .device import resolve_device, use_amp
 from .errors import UserError
 from .poem import encode_splits, read_stanzas, train_chain
-from .run import CKPT_DIR
+from .checkpoints import CKPT_DIR, save_state
 
 
 def stanza_splits(spec, data_dir, lines, lengths):
@@ -39,26 +41,28 @@ def fit_run_chain(run_dir, log=print):
     there: the chain, then (with --poem-context) the poem-context refiner, whose fit a
     checkpoint keeps for --resume. Nothing where --poems is none or the poem model
     saved was fitted to the line model's weights as they are."""
-    from .run import load_run, read_metrics, read_saved_config, save_chain, weights_step
+    from .run import load_run, read_metrics, read_saved_config, save_chain
     config = read_saved_config(run_dir)
     tc, records = config["train"], read_metrics(run_dir)
     if tc.get("poems", "none") == "none":
         return None
-    line_step, context = weights_step(records), tc.get("poem_context", False)
+    context, line_weights = tc.get("poem_context", False), weights_digest(run_dir)
     done = config.get("context_fit" if context else "chain_fit")
-    if done and done.get("line_step") == line_step:
+    if done and tied(done, run_dir):
         log("the poem model is fitted already")
         (Path(run_dir) / CONTEXT_CKPT).unlink(missing_ok=True)
         return done
-    run = load_run(run_dir, device=str(resolve_device(tc.get("device", "auto"))))
+    run = load_run(run_dir, str(resolve_device(tc.get("device", "auto"))), poems=False)
     train, valid = _run_stanzas(run, tc)
-    saved = read_context_checkpoint(run_dir, config, line_step, log)
+    saved = read_context_checkpoint(run_dir, config, log)
     if saved:  # the chain is saved; the same stanzas again, and the context fit goes on
-        log(f"poem context: going on from step {saved['steps']:,} "
-            f"({saved['elapsed_s']:.0f} of {saved['seconds']:.0f} s)")
         data = encode_splits(run, train, valid, float("inf"), tc["seed"], saved["stanzas"])
-        return _fit_run_context(run_dir, run, data, saved["seconds"], tc, line_step, saved, log)
-    forget_context(run_dir)  # fitted to other line weights, or never
+        if saved.get("stanzas_digest", stanzas_digest(data)) == stanzas_digest(data):
+            log(f"poem context: going on from step {saved['steps']:,} "
+                f"({saved['elapsed_s']:.0f} of {saved['seconds']:.0f} s)")
+            return _fit_run_context(run_dir, run, data, saved["seconds"], tc, line_weights,
+                                    saved, log)
+        log("the --poems stanzas changed since the poem model's fit began; fitting it anew")
     seconds, t0 = poem_seconds(tc, records), time.time()
     if seconds < tc["poem_minutes"] * 60:
         log(f"the poem model gets {seconds / 60:.3g} of its --poem-minutes "
@@ -66,11 +70,39 @@ def fit_run_chain(run_dir, log=print):
     data = encode_splits(run, train, valid, seconds / (8 if context else 3), tc["seed"])
     chain_seconds = seconds / 8 if context else seconds - (time.time() - t0)
     chain, figures = train_chain(run, data, chain_seconds, log, tc["seed"])
-    save_chain(run_dir, chain, {**figures, "line_step": line_step})
+    save_chain(run_dir, chain, {**figures, "line_weights": line_weights})
+    forget_context(run_dir)  # fitted beside another chain, or to other line weights
     if not context:
         return figures
-    return _fit_run_context(run_dir, run, data, seconds - (time.time() - t0), tc, line_step,
+    return _fit_run_context(run_dir, run, data, seconds - (time.time() - t0), tc, line_weights,
                             None, log)
+
+
+def weights_digest(run_dir):
+    """A digest of the run's line weights (model.safetensors): a poem model is fitted to
+    one set of them, and the line model training further (a resume, another record)
+    changes it."""
+    from .run import WEIGHTS
+    return hashlib.sha256((Path(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
+
+
+def tied(fit, run_dir):
+    """Whether a poem model whose figures (or a context checkpoint) are ``fit`` was fitted
+    to the run's line weights as they are now. Runs before the digest kept the weights'
+    step instead; runs before that kept nothing, and are taken at their word."""
+    from .run import read_metrics, weights_step
+    if "line_weights" in fit:
+        return fit["line_weights"] == weights_digest(run_dir)
+    if "line_step" in fit:
+        return fit["line_step"] == weights_step(read_metrics(run_dir))
+    return True
+
+
+def stanzas_digest(data):
+    """A digest of the encoded training stanzas' ids, so a resumed fit goes on only on the
+    stanzas it began on (a --poems file edited since, or another --data-dir, starts anew)."""
+    ids = data.ids[:len(data.mu)].contiguous()
+    return hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16]
 
 
 def _run_stanzas(run, tc):
@@ -95,43 +127,51 @@ def poem_seconds(tc, records):
 
 
 CONTEXT_CKPT = f"{CKPT_DIR}/context.pt"  # the poem-context fit so far, for --resume
-SAVE_EVERY = 300.0  # seconds between its checkpoints: a kill loses at most this much
+# Seconds between the context fit's checkpoints: a kill loses at most this much of it
+# (before the first, the whole poem model is fitted again).
+SAVE_EVERY = 300.0
 
 
-def _fit_run_context(run_dir, run, data, seconds, tc, line_step, saved, log):
+def _fit_run_context(run_dir, run, data, seconds, tc, line_weights, saved, log):
     """The poem-context refiner of a run, fitted (or fitted on from ``saved``) in
     ``seconds`` and saved; its checkpoint goes once the refiner is saved. Ctrl-C or
-    SIGTERM saves the checkpoint and stops."""
+    SIGTERM saves the checkpoint and stops: within the fit at the next step, and after
+    its last step once the refiner is saved."""
     from .decoding import device_of
-    from .run import save_context, save_state
+    from .run import save_context
     from .trainer import StopRequested
     path = Path(run_dir) / CONTEXT_CKPT
-    bf16 = saved["bf16"] if saved else use_amp(tc.get("amp", "auto"), device_of(run))
-
-    def save(state):
-        save_state(path, {**state, "seconds": seconds, "stanzas": len(data.mu), "bf16": bf16,
-                          "line_step": line_step})
+    bf16 = use_amp(tc.get("amp", "auto"), device_of(run))
+    if saved and saved["bf16"] != bf16:
+        log(f"note: the fit began {'with' if saved['bf16'] else 'without'} bf16 autocast and "
+            f"goes on {'with' if bf16 else 'without'} it on {device_of(run)}")
+    kept = {"seconds": seconds, "stanzas": len(data.mu), "stanzas_digest": stanzas_digest(data),
+            "bf16": bf16, "line_weights": line_weights}
     with StopRequested() as stop:
-        cref, figures = fit_context(run.model, data, seconds, log, tc["seed"], bf16=bf16,
-                                    saved=saved, keep=Keep(save, SAVE_EVERY,
-                                                           lambda: stop.signal is not None))
-    save_context(run_dir, cref, {**figures, "line_step": line_step})
+        cref, figures = fit_context(
+            run.model, data, seconds, log, tc["seed"], bf16=bf16, saved=saved,
+            keep=Keep(lambda state: save_state(path, {**state, **kept}), SAVE_EVERY,
+                      lambda: stop.signal is not None))
+    save_context(run_dir, cref, {**figures, "line_weights": line_weights})
     path.unlink(missing_ok=True)
+    if stop.signal is not None:
+        raise KeyboardInterrupt
     return figures
 
 
-def read_context_checkpoint(run_dir, config, line_step, log=print):
+def read_context_checkpoint(run_dir, config, log=print):
     """The poem-context fit a cut run left, or None: none, one fitted to other line
     weights or beside another chain, or one unreadable (said in a line)."""
     path = Path(run_dir) / CONTEXT_CKPT
-    if not path.exists() or config.get("chain_fit", {}).get("line_step") != line_step:
+    chain_fit = config.get("chain_fit")
+    if not path.exists() or not chain_fit or not tied(chain_fit, run_dir):
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a write a kill cut short: the fit starts again
+    except Exception as e:  # a damaged file, or one another torch wrote: start again
         log(f"warning: cannot read {path} ({type(e).__name__}); fitting the poem model anew")
         return None
-    return state if state.get("line_step") == line_step else None
+    return state if tied(state, run_dir) else None
 
 
 def forget_context(run_dir):

@@ -18,17 +18,17 @@ Checkpoints hold plain tensors and numbers only and are read with
 ``torch.load(weights_only=True)``, which refuses any pickle that would build arbitrary
 objects. Every file is written to a temporary name and renamed into place.
 """
-import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .checkpoints import clean_temp_files
 from .config import TrainConfig, flag
 from .corpora import default_beta, default_poems, default_units, lines_per_poem
 from .data import load_corpus
@@ -38,7 +38,7 @@ from .model import TextVAE, VAEConfig
 from .tokenizer import VOCAB, CharTokenizer, load_tokenizer, tokenizer_class
 
 CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.model", "model.safetensors"
-METRICS, SUMMARY, CKPT_DIR = "metrics.jsonl", "summary.json", "checkpoints"
+METRICS, SUMMARY = "metrics.jsonl", "summary.json"
 CURVES, INDEX, CHAIN = "curves.png", "index.safetensors", "chain.safetensors"
 CONTEXT = "context.safetensors"
 
@@ -265,7 +265,8 @@ def check_compatible(cfg: VAEConfig, tok: CharTokenizer, state, where):
                             f"latent={cfg.latent})")
 
 
-def load_run(run_dir, device="cpu"):
+def load_run(run_dir, device="cpu", poems=True):
+    """The run in ``run_dir`` on ``device``, with its poem model where ``poems``."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise UserError(f"run folder not found: {run_dir} (train one with: python train.py)")
@@ -277,12 +278,25 @@ def load_run(run_dir, device="cpu"):
     state = read_weights(run_dir / WEIGHTS)
     check_compatible(cfg, tok, state, run_dir)
     model = _loaded(TextVAE(cfg), state, run_dir / WEIGHTS)
-    context = load_context(run_dir, config, cfg)
-    return Run(run_dir, model.to(device).eval(), tok, config, load_chain(run_dir, config),
+    chain, context = poem_model(run_dir, config, cfg) if poems else (None, None)
+    return Run(run_dir, model.to(device).eval(), tok, config, chain,
                context if context is None else context.to(device))
 
 
-def load_chain(run_dir, config):
+def poem_model(run_dir, config, cfg):
+    """(chain, poem-context refiner) of a run, each None where it has none or where it was
+    fitted to other line weights than the run's (said once on stderr): a line model
+    trained on since, and stopped before its poem model was fitted again."""
+    from .poemfit import tied
+    parts = {"chain": load_chain, "context": load_context}
+    stale = [k for k in parts if k in config and not tied(config.get(f"{k}_fit", {}), run_dir)]
+    if stale:
+        print(f"warning: {run_dir}'s poem model was fitted to other line weights; writing "
+              f"without it (python train.py --resume {run_dir} fits it again)", file=sys.stderr)
+    return tuple(None if k in stale else parts[k](run_dir, config, cfg) for k in parts)
+
+
+def load_chain(run_dir, config, cfg=None):
     """The run's poem chain (poem.py), or None where it has none."""
     from .poem import ChainConfig, LatentChain
     if "chain" not in config:
@@ -411,53 +425,6 @@ def weights_step(records):
     (keep_best), else the last record's."""
     kept = [r["step"] for r in records if r.get("kept")] or [r["step"] for r in records]
     return kept[-1] if kept else None
-
-
-# -- training checkpoints ------------------------------------------------------------------
-
-def save_checkpoint(run_dir, state, keep=2):
-    """Write checkpoints/step-N.pt atomically, then drop all but the newest ``keep``."""
-    folder = Path(run_dir) / CKPT_DIR
-    path = folder / f"step-{state['step']:08d}.pt"
-    save_state(path, state)
-    for old in sorted(folder.glob("step-*.pt"))[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def save_state(path, state):
-    """torch.save ``state`` (plain tensors and numbers) to ``path`` atomically."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def has_checkpoint(run_dir):
-    return any((Path(run_dir) / CKPT_DIR).glob("step-*.pt"))
-
-
-def clean_temp_files(run_dir):
-    """Remove the temporary files of writes a SIGKILL cut short; returns how many."""
-    found = [p for folder in (Path(run_dir), Path(run_dir) / CKPT_DIR)
-             for p in folder.glob(".*.tmp") if p.is_file()]
-    for p in found:
-        p.unlink(missing_ok=True)
-    return len(found)
-
-
-def load_checkpoint(run_dir):
-    """The newest readable checkpoint (an unreadable newest one falls back to the previous)."""
-    folder = Path(run_dir) / CKPT_DIR
-    paths = sorted(folder.glob("step-*.pt"), reverse=True)
-    if not paths:
-        raise UserError(f"no checkpoint to resume from in {folder}")
-    errors = []
-    for path in paths:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True), path
-        except Exception as e:  # truncated file, or a pickle weights_only refuses
-            errors.append(f"{path.name}: {type(e).__name__}")
-    raise UserError(f"no readable checkpoint in {folder} ({'; '.join(errors)})")
 
 
 def weights_exist(run_dir):

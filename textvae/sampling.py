@@ -119,7 +119,8 @@ def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=(), lines_a_batch=4
         yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first)
 
 
-FIRST_BATCH = 8  # poems; every --num up to 8 is one batch
+# Poems in the first batch: every --num up to 8 then writes the same poems for a seed.
+FIRST_BATCH = 8
 
 
 def batch_sizes(n, batch, first=FIRST_BATCH):

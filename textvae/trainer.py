@@ -30,10 +30,11 @@ from .errors import UserError
 from .evaluate import validate
 from .model import TextVAE, VAEConfig
 from .config import TrainConfig
-from .run import (CKPT_DIR, append_metrics, has_checkpoint, load_checkpoint,
-                  position_lengths, read_metrics, read_saved_config, reopen_run,
-                  rewrite_metrics, save_checkpoint, save_train_settings, save_weights,
-                  start_run, weights_exist, weights_step, write_curves)
+from .checkpoints import (CKPT_DIR, has_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                          set_rng_state)
+from .run import (append_metrics, position_lengths, read_metrics, read_saved_config,
+                  reopen_run, rewrite_metrics, save_train_settings, save_weights, start_run,
+                  weights_exist, weights_step, write_curves)
 
 INTERRUPTED = 130
 # Steps between the loop's looks at device values (a non-finite loss, a stop on another
@@ -251,9 +252,7 @@ class Trainer:
             raise UserError(f"{path} does not fit the run's config.json "
                             f"({str(e).strip().splitlines()[-1][:160]})") from None
         self.elapsed = float(state.get("elapsed_s", 0.0))
-        torch.set_rng_state(state["rng"])
-        if self.device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        set_rng_state(state, self.device)
         if not self.group.main:  # rank 0's RNG state is the one saved
             torch.manual_seed(_rank_seed(self.tc.seed, self.group.rank, self.step))
             return
@@ -273,9 +272,7 @@ class Trainer:
             save_weights(self.out, self.model)
         state = {"model": self.model.state_dict(), "optim": self.opt.state_dict(),
                  "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
-                 "rng": torch.get_rng_state(), "elapsed_s": self.seconds()}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state()
+                 "elapsed_s": self.seconds(), **rng_state(self.device)}
         return save_checkpoint(self.out, state, self.tc.keep_ckpts)
 
     def seconds(self):
