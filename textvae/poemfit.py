@@ -48,7 +48,7 @@ def fit_run_chain(run_dir, log=print):
         return None
     context, line_weights = tc.get("poem_context", False), weights_digest(run_dir)
     done = config.get("context_fit" if context else "chain_fit")
-    if done and tied(done, run_dir):
+    if done and tied(done, run_dir, line_weights):
         log("the poem model is fitted already")
         (Path(run_dir) / CONTEXT_CKPT).unlink(missing_ok=True)
         return done
@@ -57,7 +57,7 @@ def fit_run_chain(run_dir, log=print):
     saved = read_context_checkpoint(run_dir, config, log)
     if saved:  # the chain is saved; the same stanzas again, and the context fit goes on
         data = encode_splits(run, train, valid, float("inf"), tc["seed"], saved["stanzas"])
-        if saved.get("stanzas_digest", stanzas_digest(data)) == stanzas_digest(data):
+        if saved.get("stanzas_digest") in (None, stanzas_digest(data)):  # None: kept before
             log(f"poem context: going on from step {saved['steps']:,} "
                 f"({saved['elapsed_s']:.0f} of {saved['seconds']:.0f} s)")
             return _fit_run_context(run_dir, run, data, saved["seconds"], tc, line_weights,
@@ -86,13 +86,14 @@ def weights_digest(run_dir):
     return hashlib.sha256((Path(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
 
 
-def tied(fit, run_dir):
+def tied(fit, run_dir, digest):
     """Whether a poem model whose figures (or a context checkpoint) are ``fit`` was fitted
-    to the run's line weights as they are now. Runs before the digest kept the weights'
-    step instead; runs before that kept nothing, and are taken at their word."""
+    to the run's line weights as they are now, whose ``weights_digest`` is ``digest``.
+    Runs before the digest kept the weights' step instead; runs before that kept
+    nothing, and are taken at their word."""
     from .run import read_metrics, weights_step
     if "line_weights" in fit:
-        return fit["line_weights"] == weights_digest(run_dir)
+        return fit["line_weights"] == digest
     if "line_step" in fit:
         return fit["line_step"] == weights_step(read_metrics(run_dir))
     return True
@@ -164,14 +165,17 @@ def read_context_checkpoint(run_dir, config, log=print):
     weights or beside another chain, or one unreadable (said in a line)."""
     path = Path(run_dir) / CONTEXT_CKPT
     chain_fit = config.get("chain_fit")
-    if not path.exists() or not chain_fit or not tied(chain_fit, run_dir):
+    if not path.exists() or not chain_fit:
+        return None
+    digest = weights_digest(run_dir)
+    if not tied(chain_fit, run_dir, digest):
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file, or one another torch wrote: start again
         log(f"warning: cannot read {path} ({type(e).__name__}); fitting the poem model anew")
         return None
-    return state if tied(state, run_dir) else None
+    return state if tied(state, run_dir, digest) else None
 
 
 def forget_context(run_dir):

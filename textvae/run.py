@@ -287,16 +287,19 @@ def poem_model(run_dir, config, cfg):
     """(chain, poem-context refiner) of a run, each None where it has none or where it was
     fitted to other line weights than the run's (said once on stderr): a line model
     trained on since, and stopped before its poem model was fitted again."""
-    from .poemfit import tied
-    parts = {"chain": load_chain, "context": load_context}
-    stale = [k for k in parts if k in config and not tied(config.get(f"{k}_fit", {}), run_dir)]
+    from .poemfit import tied, weights_digest
+    parts = [k for k in ("chain", "context") if k in config]
+    digest = weights_digest(run_dir) if parts else None
+    stale = [k for k in parts if not tied(config.get(f"{k}_fit", {}), run_dir, digest)]
     if stale:
         print(f"warning: {run_dir}'s poem model was fitted to other line weights; writing "
               f"without it (python train.py --resume {run_dir} fits it again)", file=sys.stderr)
-    return tuple(None if k in stale else parts[k](run_dir, config, cfg) for k in parts)
+    chain = None if "chain" in stale else load_chain(run_dir, config)
+    context = None if "context" in stale else load_context(run_dir, config, cfg)
+    return chain, context
 
 
-def load_chain(run_dir, config, cfg=None):
+def load_chain(run_dir, config):
     """The run's poem chain (poem.py), or None where it has none."""
     from .poem import ChainConfig, LatentChain
     if "chain" not in config:
