@@ -42,6 +42,24 @@ def test_writing_line_by_line_sees_what_the_whole_stanza_sees():
                 before = ids[:, row, t]
 
 
+def test_extra_layers_start_as_the_identity_and_then_learn():
+    torch.manual_seed(0)
+    line_ref = TextVAE(TINY_CFG).refiner
+    plain, deeper = (ContextRefiner(TINY_CFG, ContextConfig(extra_layers=k)) for k in (0, 2))
+    for cref in (plain, deeper):
+        cref.copy_line_refiner(line_ref)
+        torch.nn.init.normal_(cref.rows)
+    deeper.rows.data.copy_(plain.rows.data)
+    ids = torch.randint(4, 50, (3, 4, 5))
+    z, noise, draft = torch.randn(3, 4, 8), torch.rand(3, 4), torch.randn(3, 4, 5, 16)
+    plain.eval(), deeper.eval()
+    assert len(deeper.ref.blocks.layers) == len(plain.ref.blocks.layers) + 2
+    assert torch.allclose(plain(ids, z, noise, draft), deeper(ids, z, noise, draft), atol=1e-5)
+    deeper.train()
+    deeper(ids, z, noise, draft).logsumexp(-1).sum().backward()
+    assert deeper.ref.blocks.layers[-1].linear2.weight.grad.abs().sum() > 0
+
+
 def test_a_line_is_read_only_after_the_lines_before_it():
     cref = _random_refiner()
     ids = torch.randint(4, 50, (2, 4, 5))

@@ -54,6 +54,41 @@ def test_a_context_fit_cut_short_goes_on_from_its_checkpoint(overfit_run, tmp_pa
     assert said == ["the poem model is fitted already"]
 
 
+def test_a_cut_fit_goes_on_with_the_settings_it_began_with(overfit_run, tmp_path, monkeypatch):
+    folder = _poem_run(overfit_run.dir, tmp_path, context_layers=1)
+    real_fit, used = poemfit.fit_context, []
+
+    def cut_every_3(*args, keep, **kwargs):
+        used.append({k: kwargs[k] for k in ("lr", "dropout", "extra_layers")})
+
+        def save_then_stop(state):
+            keep.save(state)
+            if state["steps"] % 3 == 0:
+                raise KeyboardInterrupt
+        return real_fit(*args, keep=poemfit.Keep(save_then_stop, every=0), **kwargs)
+    monkeypatch.setattr(poemfit, "fit_context", cut_every_3)
+    for _ in range(2):  # begun, then gone on with: the settings are kept with the fit
+        with pytest.raises(KeyboardInterrupt):
+            fit_run_chain(folder, log=lambda *a: None)
+    assert used == [{"lr": textvae.context.LR, "dropout": 0.0, "extra_layers": 1}] * 2
+    state = torch.load(folder / CONTEXT_CKPT, weights_only=False)
+    del state["fit"]  # a checkpoint kept before its settings were: 2e-3 and dropout 0.1
+    torch.save(state, folder / CONTEXT_CKPT)
+
+    def note_only(*args, **kwargs):
+        used.append({k: kwargs[k] for k in ("lr", "dropout", "extra_layers")})
+        raise KeyboardInterrupt
+    monkeypatch.setattr(poemfit, "fit_context", note_only)
+    with pytest.raises(KeyboardInterrupt):
+        fit_run_chain(folder, log=lambda *a: None)
+    assert used[2] == {"lr": 2e-3, "dropout": 0.1, "extra_layers": 0}
+    monkeypatch.setattr(poemfit, "fit_context", real_fit)
+    (folder / CONTEXT_CKPT).unlink()
+    fit_run_chain(folder, log=lambda *a: None)
+    run = load_run(folder)
+    assert len(run.context.ref.blocks.layers) == len(run.model.refiner.blocks.layers) + 1
+
+
 def test_a_poem_model_fitted_to_other_line_weights_is_set_aside_then_fitted_again(
         overfit_run, tmp_path, capsys):
     folder = _poem_run(overfit_run.dir, tmp_path, poem_context=False)

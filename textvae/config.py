@@ -91,11 +91,13 @@ class TrainConfig:
     poem_minutes: float = 4.5     # of --minutes, what the poem model takes (less where the
                                   # line model left less, but never under its share of
                                   # the budget or half of it): encoding stanzas, the chain and
-                                  # the poem-context refiner (an eighth, an eighth and the
-                                  # rest); with --minutes 0, as given
+                                  # the poem-context refiner (an eighth, an eighth but at most
+                                  # 30 s, and the rest); with --minutes 0, as given
     poem_context: bool = True     # fit the poem-context refiner (context.py), so each line
                                   # is written seeing the lines before it; off: a third
                                   # encoding, the rest the chain
+    context_layers: int = 0       # Transformer layers the poem-context refiner has above the
+                                  # line refiner's (each the identity at first)
 
     # Not a field: the flags' allowed values.
     CHOICES = {"units": ("auto", "chars", "pieces"),
@@ -110,7 +112,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise UserError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
         for name in ("vocab_size", "free_bits", "iw_samples", "max_chars", "min_steps", "max_steps",
-                     "batch_chars", "minutes", "beta_max", "poem_minutes"):
+                     "batch_chars", "minutes", "beta_max", "poem_minutes", "context_layers"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
 
