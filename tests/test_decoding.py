@@ -145,7 +145,7 @@ def test_a_path_leans_on_its_previous_point(overfit_run):
 
 def test_a_path_without_a_stay_gets_the_one_for_its_line_length(overfit_run, monkeypatch):
     # Longer lines lean harder by default (tang7 changed 2.4 characters a step at 2).
-    assert sampling.stay_for(5) == 2.0 and sampling.stay_for(7) == 4.0
+    assert sampling.stay_for(5) == 1.0 and sampling.stay_for(7) == 4.0
     real, used = decoding.write_lines, []
 
     def noting(run, z, noise, sc, **kw):
@@ -155,7 +155,7 @@ def test_a_path_without_a_stay_gets_the_one_for_its_line_length(overfit_run, mon
     sampling.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[1], steps=3)
     sampling.interpolate(overfit_run, POEM_LINES[0], POEM_LINES[1], steps=3,
                          sc=SampleConfig(stay=0.5))
-    assert used == [2.0] * 3 + [0.5] * 3  # the overfit run's lines are 5 long
+    assert used == [1.0] * 3 + [0.5] * 3  # the overfit run's lines are 5 long
 
 
 def test_a_reconstruction_is_the_heads_most_likely_line_at_any_temperature(overfit_run):

@@ -168,10 +168,12 @@ def slerp(a, b, t):
 def stay_for(length):
     """The default ``stay`` for lines of ``length`` characters. Each position of a longer
     line changes about as often, so a path through longer lines changes more characters
-    a step and needs a firmer lean. Measured on 100 paths of 8 at temperature 0.7
-    (characters changed a step / distinct lines a path): tang5 at 2: 1.57 / 5.88, at 4:
-    1.24 / 5.07; tang7 at 2: 2.44 / 6.65, at 3: 2.14 / 6.21, at 4: 1.93 / 5.90."""
-    return 2.0 if length <= 5 else 4.0
+    a step and needs a firmer lean; a sharper model (more time trained) changes fewer, so
+    five-character lines lean lightly. Measured on the test split's 100 paths of 8
+    (characters changed a step / distinct lines a path), tang5 at stay 2 / 1 / 0.5: the
+    15-minute default 1.52 / 5.99, 1.80 / 6.24, 1.97 / 6.49; the 3-hour run 1.27 / 4.74,
+    1.44 / 5.02, 1.56 / 5.23; tang7 at 2: 2.44 / 6.65, at 3: 2.14 / 6.21, at 4: 1.93 / 5.90."""
+    return 1.0 if length <= 5 else 4.0
 
 
 def path_z(mu_a, mu_b, steps, how):
