@@ -38,7 +38,7 @@ class SampleConfig:
     keep: float = 0.9         # draft characters at least this likely are kept as they are
     stay: float | None = None # interpolation: nats added to the character the path's
                               # previous point has at the same position (fewer changes a
-                              # step); default: 2 for lines of up to 5 characters, else 4
+                              # step); default: 1 for lines of up to 5 characters, else 4
     repeat_penalty: float = 1.0  # nats taken from a character the line already holds
                                  # (Keskar et al. 2019): repeats read as faults
     fit_steps: int = 30       # gradient steps fitting a given line's z, so it comes back
