@@ -158,24 +158,22 @@ def test_the_context_refiner_loads_back_and_a_missing_file_is_one_clear_error(co
 def test_a_fit_cut_and_continued_from_its_saved_state_ends_where_the_whole_fit_ends(
         overfit_run):
     import copy
-    import dataclasses
     run = load_run(overfit_run.dir)
-    run.model.cfg = dataclasses.replace(run.model.cfg, dropout=0.2)  # a stream to restore
     data = encode_splits(run, QUATRAINS * 20, QUATRAINS, 60)
     quiet, states = (lambda *a: None), {}
 
     def save(state):
         states[state["steps"]] = copy.deepcopy(state)  # the fit goes on changing them
-    whole, _ = fit_context(run.model, data, 60, quiet, steps=30, batch=8,
-                           keep=Keep(save, every=0))
+    whole, _ = fit_context(run.model, data, 60, quiet, steps=30, batch=8, dropout=0.2,
+                           keep=Keep(save, every=0))  # dropout: a stream to restore
     assert sorted(states) == list(range(1, 31))
-    went_on, figures = fit_context(run.model, data, 60, quiet, steps=30, batch=8,
+    went_on, figures = fit_context(run.model, data, 60, quiet, steps=30, batch=8, dropout=0.2,
                                    saved=states[12])
     assert figures["steps"] == 30
     for k, v in whole.state_dict().items():
         assert torch.equal(v, went_on.state_dict()[k]), k
     # On the clock, the seconds a cut fit had spent count: none are left here.
-    _, figures = fit_context(run.model, data, 5, quiet, batch=8,
+    _, figures = fit_context(run.model, data, 5, quiet, batch=8, dropout=0.2,
                              saved={**states[12], "elapsed_s": 5.0})
     assert figures["steps"] == 12 and figures["seconds"] >= 5.0
 

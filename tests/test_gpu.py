@@ -80,23 +80,22 @@ def test_the_poem_model_fits_on_the_gpu_and_writes_poems_there(tmp_path):
 def test_a_context_fit_on_the_gpu_cut_and_continued_ends_where_the_whole_fit_ends(tmp_path):
     """Its saved state holds the GPU's random stream (dropout), and restores it."""
     import copy
-    import dataclasses
     from textvae.context import Keep, fit_context
     from textvae.poem import encode_splits
     from textvae.run import load_run
     out = train_tiny(tmp_path, max_steps=50, compile="off")
     run = load_run(out, device="cuda")
-    run.model.cfg = dataclasses.replace(run.model.cfg, dropout=0.2)
     quatrains = [POEM_LINES[:4], POEM_LINES[4:]]
     data = encode_splits(run, quatrains * 20, quatrains, 60)
     states, quiet = {}, (lambda *a: None)
 
     def save(state):
         states[state["steps"]] = copy.deepcopy(state)
-    whole, _ = fit_context(run.model, data, 60, quiet, steps=20, batch=8,
+    whole, _ = fit_context(run.model, data, 60, quiet, steps=20, batch=8, dropout=0.2,
                            keep=Keep(save, every=0))
     assert "cuda_rng" in states[8]
-    went_on, _ = fit_context(run.model, data, 60, quiet, steps=20, batch=8, saved=states[8])
+    went_on, _ = fit_context(run.model, data, 60, quiet, steps=20, batch=8, dropout=0.2,
+                             saved=states[8])
     # Close, not equal to the bit: CUDA's atomic adds (the embeddings' gradients) sum in
     # any order; another dropout stream would move the weights far more.
     for k, v in whole.state_dict().items():

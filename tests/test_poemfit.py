@@ -1,6 +1,7 @@
 """A run's poem model fitted after its line model (poemfit.py): the time it gets, the
 checkpoint a cut fit goes on from, and the line weights it is tied to."""
 import os
+import shutil
 import signal
 
 import pytest
@@ -72,7 +73,7 @@ def test_a_cut_fit_goes_on_with_the_settings_it_began_with(overfit_run, tmp_path
             fit_run_chain(folder, log=lambda *a: None)
     assert used == [{"lr": textvae.context.LR, "dropout": 0.0, "extra_layers": 1}] * 2
     state = torch.load(folder / CONTEXT_CKPT, weights_only=False)
-    del state["fit"]  # a checkpoint kept before its settings were: 2e-3 and dropout 0.1
+    del state["fit"]  # a checkpoint kept before its settings were: 2e-3, the run's dropout
     torch.save(state, folder / CONTEXT_CKPT)
 
     def note_only(*args, **kwargs):
@@ -81,7 +82,8 @@ def test_a_cut_fit_goes_on_with_the_settings_it_began_with(overfit_run, tmp_path
     monkeypatch.setattr(poemfit, "fit_context", note_only)
     with pytest.raises(KeyboardInterrupt):
         fit_run_chain(folder, log=lambda *a: None)
-    assert used[2] == {"lr": 2e-3, "dropout": 0.1, "extra_layers": 0}
+    assert used[2] == {"lr": 2e-3, "dropout": load_run(folder).model.cfg.dropout,
+                       "extra_layers": 0}
     monkeypatch.setattr(poemfit, "fit_context", real_fit)
     (folder / CONTEXT_CKPT).unlink()
     fit_run_chain(folder, log=lambda *a: None)
@@ -169,3 +171,14 @@ def test_the_poem_model_gets_what_the_budget_leaves_after_the_line_model():
     assert poem_seconds(hour, [{"elapsed_s": 4000.0}]) == 1800
     default = {"minutes": 15.0, "poem_minutes": 4.5}
     assert poem_seconds(default, [{"elapsed_s": 2000.0}]) == 270
+
+
+def test_a_setting_newer_than_the_run_counts_as_its_default_when_resuming(overfit_run, tmp_path):
+    from textvae.errors import UserError
+    from textvae.run import reopen_run
+    folder = copy_run_files(overfit_run.dir, tmp_path / "run")
+    shutil.copy(overfit_run.dir.parent / "lines.txt", tmp_path)  # its corpus, where it was
+    update_config(folder, lambda c: c["train"].pop("context_layers", None))
+    reopen_run(folder, {"context_layers": 0}, log=lambda *a: None)
+    with pytest.raises(UserError, match="--context-layers cannot change when resuming"):
+        reopen_run(folder, {"context_layers": 2}, log=lambda *a: None)

@@ -151,8 +151,8 @@ def _fit_run_context(run_dir, run, data, seconds, tc, line_weights, saved, log):
         log(f"note: the fit began {'with' if saved['bf16'] else 'without'} bf16 autocast and "
             f"goes on {'with' if bf16 else 'without'} it on {device_of(run)}")
     fit = {"lr": LR, "dropout": ContextConfig.dropout, "extra_layers": tc.get("context_layers", 0)}
-    if saved:  # go on as it began; a fit kept before its settings were is 2e-3's, dropout 0.1
-        fit = saved.get("fit", {"lr": 2e-3, "dropout": 0.1, "extra_layers": 0})
+    if saved:  # go on as it began; a fit kept before its settings were: 2e-3, the run's dropout
+        fit = saved.get("fit", {"lr": 2e-3, "dropout": run.model.cfg.dropout, "extra_layers": 0})
     kept = {"seconds": seconds, "stanzas": len(data.mu), "stanzas_digest": stanzas_digest(data),
             "bf16": bf16, "line_weights": line_weights, "fit": fit}
     with StopRequested() as stop:

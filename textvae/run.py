@@ -21,7 +21,7 @@ objects. Every file is written to a temporary name and renamed into place.
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -384,6 +384,15 @@ def start_run(tc: TrainConfig, mc: VAEConfig, log=print):
     return out, tc, mc, tok, corpus
 
 
+def _default(name, value):
+    """The default of the TrainConfig or VAEConfig field ``name`` (``value`` if neither has one)."""
+    for cls in (TrainConfig, VAEConfig):
+        field = cls.__dataclass_fields__.get(name)
+        if field is not None and field.default is not MISSING:
+            return field.default
+    return value
+
+
 def reopen_run(folder, given, log=print, clean=True):
     """A run to resume: its saved settings, with the flags in ``given`` that may change
     applied (RESUMABLE) and any other flag that differs refused in one line. ``clean``:
@@ -391,7 +400,8 @@ def reopen_run(folder, given, log=print, clean=True):
     out = Path(folder)
     saved = read_saved_config(out)
     for name, value in given.items():
-        before = saved["train"].get(name, saved["model"].get(name, value))
+        # A setting newer than the run: the run was trained at its default.
+        before = saved["train"].get(name, saved["model"].get(name, _default(name, value)))
         if name not in RESUMABLE and value != before and not _same_path(value, before):
             raise UserError(f"{flag(name)} cannot change when resuming (the run was trained "
                             f"with {before!r}); start a new run with --out instead")
