@@ -9,7 +9,8 @@ import torch
 
 import textvae.context
 import textvae.poemfit as poemfit
-from textvae.poemfit import CONTEXT_CKPT, fit_run_chain, poem_seconds, read_context_checkpoint
+from textvae.poemfit import (CONTEXT_CKPT, fit_run_chain, poem_seconds, read_context_checkpoint,
+                             weights_digest)
 from textvae.run import CONTEXT, load_run, read_saved_config, save_weights, update_config
 
 from .conftest import POEM_LINES, copy_run_files, write_corpus
@@ -41,7 +42,7 @@ def test_a_context_fit_cut_short_goes_on_from_its_checkpoint(overfit_run, tmp_pa
         fit_run_chain(folder, log=lambda *a: None)
     config = read_saved_config(folder)
     assert "chain_fit" in config and not (folder / CONTEXT).exists()
-    saved = read_context_checkpoint(folder, config)
+    saved = read_context_checkpoint(folder, config, weights_digest(folder))
     assert saved["steps"] == 3
     monkeypatch.setattr(poemfit, "fit_context", real_fit)
     said = []
@@ -59,8 +60,11 @@ def test_a_cut_fit_goes_on_with_the_settings_it_began_with(overfit_run, tmp_path
     folder = _poem_run(overfit_run.dir, tmp_path, context_layers=1)
     real_fit, used = poemfit.fit_context, []
 
-    def cut_every_3(*args, keep, **kwargs):
+    def note(kwargs):
         used.append({k: kwargs[k] for k in ("lr", "dropout", "extra_layers")})
+
+    def cut_every_3(*args, keep, **kwargs):
+        note(kwargs)
 
         def save_then_stop(state):
             keep.save(state)
@@ -77,7 +81,7 @@ def test_a_cut_fit_goes_on_with_the_settings_it_began_with(overfit_run, tmp_path
     torch.save(state, folder / CONTEXT_CKPT)
 
     def note_only(*args, **kwargs):
-        used.append({k: kwargs[k] for k in ("lr", "dropout", "extra_layers")})
+        note(kwargs)
         raise KeyboardInterrupt
     monkeypatch.setattr(poemfit, "fit_context", note_only)
     with pytest.raises(KeyboardInterrupt):
@@ -130,7 +134,7 @@ def test_ctrl_c_in_the_context_fit_saves_it_at_the_next_step(overfit_run, tmp_pa
     _signal_at(monkeypatch, textvae.context, "stanza_loss", 3)
     with pytest.raises(KeyboardInterrupt):
         fit_run_chain(folder, log=lambda *a: None)
-    saved = read_context_checkpoint(folder, read_saved_config(folder))
+    saved = read_context_checkpoint(folder, read_saved_config(folder), weights_digest(folder))
     assert saved["steps"] == 3 and not (folder / CONTEXT).exists()
 
 

@@ -213,7 +213,8 @@ LR = 6e-3
 
 
 def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=LR, steps=0,
-                bf16=False, saved=None, keep=None, extra_layers=0, dropout=0.0):
+                bf16=False, saved=None, keep=None, extra_layers=ContextConfig.extra_layers,
+                dropout=ContextConfig.dropout):
     """A ContextRefiner fitted in about ``seconds`` (or exactly ``steps``) to the encoded
     stanzas ``data`` (poem.Encoded), under bf16 autocast where ``bf16``; its state kept
     as ``keep`` says (Keep). Given back as ``saved``, a kept state goes on with that fit

@@ -54,7 +54,7 @@ def fit_run_chain(run_dir, log=print):
         return done
     run = load_run(run_dir, str(resolve_device(tc.get("device", "auto"))), poems=False)
     train, valid = _run_stanzas(run, tc)
-    saved = read_context_checkpoint(run_dir, config, log)
+    saved = read_context_checkpoint(run_dir, config, line_weights, log)
     if saved:  # the chain is saved; the same stanzas again, and the context fit goes on
         data = encode_splits(run, train, valid, float("inf"), tc["seed"], saved["stanzas"])
         if saved.get("stanzas_digest") in (None, stanzas_digest(data)):  # None: kept before
@@ -167,15 +167,13 @@ def _fit_run_context(run_dir, run, data, seconds, tc, line_weights, saved, log):
     return figures
 
 
-def read_context_checkpoint(run_dir, config, log=print):
+def read_context_checkpoint(run_dir, config, digest, log=print):
     """The poem-context fit a cut run left, or None: none, one fitted to other line
-    weights or beside another chain, or one unreadable (said in a line)."""
+    weights (the run's are ``digest``, its weights_digest) or beside another chain, or one
+    unreadable (said in a line)."""
     path = Path(run_dir) / CONTEXT_CKPT
     chain_fit = config.get("chain_fit")
-    if not path.exists() or not chain_fit:
-        return None
-    digest = weights_digest(run_dir)
-    if not tied(chain_fit, run_dir, digest):
+    if not path.exists() or not chain_fit or not tied(chain_fit, run_dir, digest):
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
