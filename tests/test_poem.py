@@ -157,3 +157,60 @@ def test_the_poem_models_lines_are_read_at_0_8_and_lines_alone_at_0_5(chained_ru
         chained_run.poems(1, seed=1, independent=True, noise=noise)
         chained_run.sample(2, seed=1, noise=noise)
         assert used and set(used) == {alone}, noise
+
+
+def test_a_beam_keeps_the_best_poems_so_far_not_each_poems_best_line():
+    from textvae.poem import extend
+    # One poem, two in progress (totals 0 and -5), two candidate lines each.
+    total, rows = extend(torch.tensor([0.0, -5.0]), torch.tensor([[1.0, 0.0], [10.0, 2.0]]), 2)
+    assert rows.tolist() == [2, 0] and total.tolist() == [5.0, 1.0]
+    # A line that cannot be taken ranks last but leaves its poem a finite score.
+    total, rows = extend(torch.zeros(1), torch.tensor([[float("-inf"), -3.0]]), 1)
+    assert rows.tolist() == [1] and total.tolist() == [-3.0]
+    total, rows = extend(torch.zeros(1), torch.tensor([[float("-inf")]]), 1)
+    assert rows.tolist() == [0] and total.item() > float("-inf")
+
+
+def _line_by_line(run, n, sc, gen, K):
+    """chain_poems as it was before the beam: each line the best of its K."""
+    from textvae.decoding import noise_of, texts, write_lines
+    from textvae.poem import best_lines, drawn, opening, read_on
+    m, logvar, h, so_far = opening(run, n)
+    poems, noise = [[] for _ in range(n)], noise_of(sc, poem=True)
+    for _ in range(4):
+        z = drawn(m, logvar, torch.randn(n, K, m.shape[-1], generator=gen)).flatten(0, 1)
+        ids = write_lines(run, z, noise, sc, gen=gen, refiner=so_far.writer(run, K))
+        rows = best_lines(run, ids, so_far.ids, taken=poems)
+        for poem, text in zip(poems, texts(run, ids[rows])):
+            poem.append(text)
+        so_far = so_far.add(ids[rows].unsqueeze(1), z[rows].unsqueeze(1), noise)
+        m, logvar, h = read_on(run, ids[rows], h)
+    return poems
+
+
+def test_a_beam_of_one_writes_the_poems_each_lines_best_wrote(chained_run):
+    from textvae.decoding import SampleConfig, for_run
+    from textvae.poem import chain_poems
+    sc = for_run(chained_run, SampleConfig(seed=4))
+    for n, K in ((3, 4), (1, 1)):
+        want = _line_by_line(chained_run, n, sc, torch.Generator().manual_seed(4), K)
+        got = chain_poems(chained_run, n, sc, torch.Generator().manual_seed(4), K)
+        assert got == want, (n, K)
+
+
+def test_a_wider_beam_writes_each_line_after_its_own_poems_lines(chained_run, monkeypatch):
+    from textvae import poem
+    from textvae.decoding import texts
+    real, seen = poem.scored_lines, set()
+
+    def noting(run, ids, context, taken=None):   # which line was scored after which lines
+        K = len(ids) // len(context)
+        for i, line in enumerate(texts(run, ids)):
+            seen.add((tuple(texts(run, context[i // K])) if context.shape[1] else (), line))
+        return real(run, ids, context, taken)
+    monkeypatch.setattr(poem, "scored_lines", noting)
+    poems = chained_run.poems(3, seed=5, line_candidates=2, poem_beam=3)
+    assert len(poems) == 3 and all(len(p) == 4 and len(set(p)) == 4 for p in poems)
+    for p in poems:
+        assert all((tuple(p[:t]), p[t]) in seen for t in range(4)), p
+    assert poems == chained_run.poems(3, seed=5, line_candidates=2, poem_beam=3)
