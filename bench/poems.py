@@ -8,8 +8,6 @@ Systems, each writing five-character quatrains (each skipped when its run is mis
                  independent z, read at noise 0.5 (the chain's lines: 0.8)
   poem chain     the run's default poems (`generate.py`): z_t drawn from its poem chain
                  p(z_t | z_<t), each line the best of K (textvae/poem.py)
-  ..., beam B     the same with --poem-beam B: B poems in progress, each line extending
-                 the best of them (the sum of their lines' scores)
   walk rho R     the tang5 run's form writer (`--form wujue`, rhyme off, no tones): the
                  lines' z walk, z_i = R z_(i-1) + sqrt(1 - R^2) eps, 64 candidates a line
   whole poem     the runs of `train.py --corpus quatrain5` (16,442 training quatrains)
@@ -83,10 +81,6 @@ def systems(args, n):
         for k in args.candidates if run.chain is not None else ():
             out.append((f"poem chain, best of {k}",
                         list(poems(run, n, 4, SampleConfig(line_candidates=k)))))
-        for spec in args.beams if run.chain is not None else ():
-            k, b = map(int, spec.split("x"))
-            out.append((f"poem chain, {k} a line, beam {b}", list(poems(
-                run, n, 4, SampleConfig(line_candidates=k, poem_beam=b)))))
         for rho in args.rho:
             pc = PoemConfig(VERSE_FORMS["wujue"], rhyme="off", rho=rho)
             out.append((f"walk rho {rho}",
@@ -115,8 +109,6 @@ def main(argv=None):
     p.add_argument("--rho", type=float, nargs="*", default=[0.1, 0.6])
     p.add_argument("--candidates", type=int, nargs="*", default=[1, 16],
                    help="the poem chain's lines drawn for each line written")
-    p.add_argument("--beams", nargs="*", default=["16x4"], help="KxB: K lines drawn for "
-                   "each line of B poems in progress (generate.py --poem-beam B)")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--quatrains", default="quatrain5", help="the real quatrains (a corpus "
                    "name or a file of poems): the judges' training split and held-out poems")

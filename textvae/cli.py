@@ -194,8 +194,7 @@ def _sample_flags(s):
     s.add_argument("--tones", action="store_true",
                    help="with --form: follow the form's 平仄 template (characters 2, 4, "
                         "6 and the last)")
-    _sample_fields(s, "theme", "theme_weight", "keywords", "line_candidates", "poem_beam",
-                   "independent")
+    _sample_fields(s, "theme", "theme_weight", "keywords", "line_candidates", "independent")
     s.add_argument("--coherence", type=float, default=PoemConfig.rho,
                    help="with --form: share of its latent a line takes from the line "
                         f"before, 0 to <1 (default: {PoemConfig.rho})")
@@ -218,7 +217,7 @@ def generate_parser():
     s.add_argument("lines", nargs="+")
     s.add_argument("--num", type=int, default=4, help="how many poems")
     _sampling(s)
-    _sample_fields(s, "line_candidates", "poem_beam")
+    _sample_fields(s, "line_candidates")
     s = _common(sub.add_parser("interpolate", help="walk the latent path between two lines "
                                "(or two poems, written 甲，乙。丙，丁。: line by line)"))
     s.add_argument("line_a")

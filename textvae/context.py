@@ -302,10 +302,6 @@ class Written:
         return Written(torch.cat([self.ids, ids], 1), torch.cat([self.z, z.float()], 1),
                        torch.cat([self.noise, torch.full(ids.shape[:2], float(noise))], 1))
 
-    def pick(self, rows):
-        """The poems ``rows`` (a LongTensor into the n), in that order."""
-        return Written(self.ids[rows], self.z[rows], self.noise[rows])
-
     def last(self, k):
         """The last k lines: a poem longer than the training stanzas is read through a
         window of the lines it has rows for."""

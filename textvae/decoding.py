@@ -50,8 +50,6 @@ class SampleConfig:
                               # one, in turn (with --form: the first lines, one each)
     line_candidates: int = 64 # a poem from a run with a poem chain: lines drawn for each
                               # of its lines, the one the model scores best kept
-    poem_beam: int = 1        # poems in progress kept for each poem written: each line
-                              # extends the best of them (beam search over lines)
     independent: bool = False # each line of a poem from its own z ~ N(0, I), as a run
                               # without a poem chain writes them
 
@@ -68,8 +66,6 @@ class SampleConfig:
             raise UserError(f"--repeat-penalty must be >= 0, got {self.repeat_penalty}")
         if self.line_candidates < 1:
             raise UserError(f"--line-candidates must be at least 1, got {self.line_candidates}")
-        if self.poem_beam < 1:
-            raise UserError(f"--poem-beam must be at least 1, got {self.poem_beam}")
         if self.fit_steps < 0:
             raise UserError(f"--fit-steps must be >= 0, got {self.fit_steps}")
         if not 0 <= self.theme_weight <= 1:

@@ -296,10 +296,10 @@ def line_scores(run, ids, context):
     return score - faults(run, ids, before)
 
 
-def scored_lines(run, ids, context, taken=None):
-    """Scores (n, K) of ids (n K, L), K candidate lines for each of n poems whose lines
-    so far are ``context`` (n, T, L), by ``line_scores``; -inf for a line of
-    ``taken[i]`` (the poem's lines so far): no line repeats within a poem."""
+def best_lines(run, ids, context, taken=None):
+    """Rows (n,) into ids (n K, L), K candidate lines for each of n poems whose lines so
+    far are ``context`` (n, T, L): each poem's best by ``line_scores``, never a line of
+    ``taken[i]`` (the poem's lines so far)."""
     n = len(context)
     K = len(ids) // n
     scores = line_scores(run, ids, context).view(n, K)
@@ -310,13 +310,7 @@ def scored_lines(run, ids, context, taken=None):
             for k in range(K):
                 if written[i * K + k] in lines:
                     scores[i, k] = float("-inf")
-    return scores
-
-
-def best_lines(run, ids, context, taken=None):
-    """Rows (n,) into ids (n K, L): each poem's best candidate by ``scored_lines``."""
-    scores = scored_lines(run, ids, context, taken)
-    return torch.arange(len(scores)) * scores.shape[1] + scores.argmax(1)
+    return torch.arange(n) * K + scores.argmax(1)
 
 
 def drawn(m, logvar, eps):
@@ -332,59 +326,35 @@ def read_on(run, ids, h):
     return run.chain.next(run.model.encode(ids.to(device_of(run)))[0].cpu(), h)
 
 
-def opening(run, n, first=()):
-    """The chain's (m, logvar, h) for the next line of ``n`` poems and their lines so far
-    (Written): none, or the given lines ``first``, which the chain reads as it reads the
-    lines it wrote."""
-    from .decoding import encode_lines
-    m, logvar, h = run.chain.first(n)
-    so_far = Written.start(n, run.max_len, m.shape[-1])
-    if first:
-        given = encode_lines(run, list(first))
-        mus = run.model.encode(given)[0].cpu()
-        for mu in mus:
-            m, logvar, h = run.chain.next(mu.expand(n, -1), h)
-        # Given lines are read as reconstructions are: their mu, trusted (noise 0).
-        so_far = so_far.add(given.cpu().expand(n, -1, -1), mus.expand(n, -1, -1), 0.0)
-    return m, logvar, h, so_far
-
-
-def extend(total, scores, B):
-    """The B best extensions of each poem: ``total`` (n B,) the scores of n poems' B poems
-    in progress, ``scores`` (n B, K) those of the K lines that could extend each ->
-    (their new totals (n B,), rows (n B,) into the n B K candidate lines). A line that
-    cannot be taken (-inf) still ranks last, not as a poem that can never recover."""
-    n, K = len(scores) // B, scores.shape[1]
-    best, pick = (total[:, None] + scores.clamp(min=-1e9)).view(n, B * K).topk(B, dim=1)
-    return best.flatten(), (torch.arange(n)[:, None] * B * K + pick).flatten()
-
-
 @torch.no_grad()
-def chain_poems(run, n, sc, gen, candidates=16, n_lines=None, first=(), beam=1):
-    """``n`` poems of ``n_lines`` lines, each line one of ``candidates`` drawn from the
-    run's chain (module docstring); with ``first``, poems that open with those lines.
-
-    ``beam`` B > 1: B poems in progress are kept for each poem, and of the B x
-    ``candidates`` lines that could extend them, the B whose poems score best so far
-    (the sum of their lines' ``line_scores``) go on; the best whole poem is returned.
-    Beam 1 keeps each line's best, as written one line at a time."""
-    from .decoding import noise_of, texts, write_lines
-    K, B = max(1, candidates), max(1, beam)
-    n_lines = n_lines or run.chain.cfg.lines
+def chain_poems(run, n, sc, gen, candidates=16, n_lines=None, first=()):
+    """``n`` poems of ``n_lines`` lines, each line the best of ``candidates`` drawn from
+    the run's chain (module docstring); with ``first``, poems that open with those
+    lines, the chain reading them as it reads lines it wrote."""
+    from .decoding import encode_lines, noise_of, texts, write_lines
+    chain, model, K = run.chain, run.model, max(1, candidates)
+    n_lines = n_lines or chain.cfg.lines
     if len(first) >= n_lines:
         raise UserError(f"a poem of {n_lines} lines has nothing left to write after "
                         f"{len(first)} given lines")
-    m, logvar, h, so_far = opening(run, n * B, first)
-    poems, noise = [list(first) for _ in range(n * B)], noise_of(sc, poem=True)
-    total = torch.zeros(n * B)                     # each poem in progress: its score so far
+    m, logvar, h = chain.first(n)
+    so_far = Written.start(n, run.max_len, m.shape[-1])
+    if first:
+        given = encode_lines(run, list(first))
+        mus = model.encode(given)[0].cpu()
+        for mu in mus:
+            m, logvar, h = chain.next(mu.expand(n, -1), h)
+        # Given lines are read as reconstructions are: their mu, trusted (noise 0).
+        so_far = so_far.add(given.cpu().expand(n, -1, -1), mus.expand(n, -1, -1), 0.0)
+    poems, noise = [list(first) for _ in range(n)], noise_of(sc, poem=True)
     for _ in range(n_lines - len(first)):
-        eps = torch.randn(n * B, K, m.shape[-1], generator=gen)
+        eps = torch.randn(n, K, m.shape[-1], generator=gen)
         z = drawn(m, logvar, eps).flatten(0, 1)
         ids = write_lines(run, z, noise, sc, gen=gen,
-                          refiner=so_far.writer(run, K))                    # (n B K, L)
-        total, rows = extend(total, scored_lines(run, ids, so_far.ids, taken=poems), B)
-        parent = rows // K                                   # the poems in progress they extend
-        poems = [poems[p] + [text] for p, text in zip(parent.tolist(), texts(run, ids[rows]))]
-        so_far = so_far.pick(parent).add(ids[rows].unsqueeze(1), z[rows].unsqueeze(1), noise)
-        m, logvar, h = read_on(run, ids[rows], h[:, parent])
-    return [poems[i * B + b] for i, b in enumerate(total.view(n, B).argmax(1).tolist())]
+                          refiner=so_far.writer(run, K))                    # (n K, L)
+        rows = best_lines(run, ids, so_far.ids, taken=poems)
+        for poem, text in zip(poems, texts(run, ids[rows])):
+            poem.append(text)
+        so_far = so_far.add(ids[rows].unsqueeze(1), z[rows].unsqueeze(1), noise)
+        m, logvar, h = read_on(run, ids[rows], h)
+    return poems

@@ -115,10 +115,8 @@ def continued(run, first, n_poems, sc: SampleConfig = SampleConfig()):
 
 def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=(), lines_a_batch=4096):
     """The chain's poems, as many at a time as keep ``lines_a_batch`` candidate lines."""
-    per_poem = sc.line_candidates * sc.poem_beam
-    for todo in batch_sizes(n_poems, max(1, lines_a_batch // per_poem)):
-        yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first,
-                               sc.poem_beam)
+    for todo in batch_sizes(n_poems, max(1, lines_a_batch // sc.line_candidates)):
+        yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first)
 
 
 # Poems in the first batch: every --num up to 8 then writes the same poems for a seed.
