@@ -157,3 +157,13 @@ def test_the_poem_models_lines_are_read_at_0_8_and_lines_alone_at_0_5(chained_ru
         chained_run.poems(1, seed=1, independent=True, noise=noise)
         chained_run.sample(2, seed=1, noise=noise)
         assert used and set(used) == {alone}, noise
+
+
+def test_more_poems_only_add_to_the_poems_a_seed_wrote(chained_run):
+    from textvae.sampling import batch_sizes
+    assert [w for w, _ in batch_sizes(200, 64)] == [1, 1, 2, 4, 8, 16, 32, 64, 64, 64]
+    for kw in ({"line_candidates": 2}, {"independent": True}):
+        nine = chained_run.poems(9, seed=6, **kw)
+        assert len(nine) == 9 and len({tuple(p) for p in nine}) > 1, kw
+        for n in (1, 3, 5):
+            assert chained_run.poems(n, seed=6, **kw) == nine[:n], (kw, n)

@@ -75,8 +75,9 @@ def sample(run, n, sc: SampleConfig = SampleConfig(), batch=4096):
 def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads=None,
           batch=256):
     """Yield ``n_poems`` poems (lists of lines), written ``batch`` poems at a time, so any
-    number streams in constant memory. No line repeats within a poem. The first batch
-    is of ``FIRST_BATCH`` poems, so the first poem prints at once, not after 256.
+    number streams in constant memory. No line repeats within a poem. The batches grow
+    from one poem (``batch_sizes``), so the first poem prints at once, not after 256,
+    and a seed's i-th poem is the same whatever the number asked for.
 
     ``heads`` (an acrostic): the first character of each line (of each clause on a
     whole-poem corpus), in order.
@@ -88,9 +89,9 @@ def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads
     if chained(run, sc, heads):
         yield from _chain_stream(run, n_poems, sc, gen, lines_per_poem)
         return
-    for todo in batch_sizes(n_poems, batch):
+    for todo, kept in batch_sizes(n_poems, batch):
         lines = _new_lines(run, todo * lines_per_poem, sc, gen, heads)
-        for p in range(todo):
+        for p in range(kept):
             poem = lines[p * lines_per_poem:(p + 1) * lines_per_poem]
             yield _no_repeats(run, poem, sc, gen, heads)
 
@@ -115,21 +116,20 @@ def continued(run, first, n_poems, sc: SampleConfig = SampleConfig()):
 
 def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=(), lines_a_batch=4096):
     """The chain's poems, as many at a time as keep ``lines_a_batch`` candidate lines."""
-    for todo in batch_sizes(n_poems, max(1, lines_a_batch // sc.line_candidates)):
-        yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first)
+    for todo, kept in batch_sizes(n_poems, max(1, lines_a_batch // sc.line_candidates)):
+        yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first)[:kept]
 
 
-# Poems in the first batch: every --num up to 8 then writes the same poems for a seed.
-FIRST_BATCH = 8
-
-
-def batch_sizes(n, batch, first=FIRST_BATCH):
-    """Sizes of the batches that write ``n`` items: a small first one, then ``batch``."""
-    done = 0
+def batch_sizes(n, batch):
+    """(written, kept) for each batch that writes ``n`` items: 1, 1, 2, 4, ... up to
+    ``batch`` written, each kept whole but the last. The first poem prints at once, and
+    a batch's size never depends on ``n``, so item i is the same for every ``--num``
+    above i: more poems only add to the ones a smaller ``--num`` wrote."""
+    done, size = 0, 1
     while done < n:
-        size = min(first if done == 0 else batch, n - done)
-        yield size
+        yield size, min(size, n - done)
         done += size
+        size = min(batch, size * 2) if done > 1 else 1
 
 
 def _no_repeats(run, poem, sc, gen, heads, tries=50):
