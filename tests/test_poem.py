@@ -167,3 +167,22 @@ def test_more_poems_only_add_to_the_poems_a_seed_wrote(chained_run):
         assert len(nine) == 9 and len({tuple(p) for p in nine}) > 1, kw
         for n in (1, 3, 5):
             assert chained_run.poems(n, seed=6, **kw) == nine[:n], (kw, n)
+
+
+def test_the_poem_models_lines_are_drawn_at_0_5_unless_told(chained_run, monkeypatch):
+    from textvae import decoding
+    real, used = decoding.write_ids, []
+
+    def noting(model, lengths, z, noise, sc, *a, **kw):
+        used.append(sc.temperature)
+        return real(model, lengths, z, noise, sc, *a, **kw)
+    monkeypatch.setattr(decoding, "write_ids", noting)
+    for kw, poem, alone in (({}, 0.5, 0.7), ({"temperature": 0.9}, 0.9, 0.9)):
+        used.clear()
+        chained_run.poems(1, seed=1, line_candidates=2, **kw)
+        chained_run.continue_poem(POEM_LINES[0], seed=1, line_candidates=2, **kw)
+        assert used == [poem] * 7, kw
+        used.clear()
+        chained_run.poems(1, seed=1, independent=True, **kw)
+        chained_run.sample(2, seed=1, **kw)
+        assert used and set(used) == {alone}, kw

@@ -28,7 +28,8 @@ from .tokenizer import BOS, EOS, PAD, UNK
 class SampleConfig:
     temperature: float | None = None  # characters are drawn from softmax(logits / T);
                               # 0: the most likely (greedy); default: 0.7 for a run of
-                              # characters, 0.8 for one of word pieces
+                              # characters, 0.8 for one of word pieces, 0.5 for the
+                              # lines of a poem the poem model ranks
     top_k: int = 0            # k > 0: draw among the k most likely only; 0: among all
     seed: int = 0             # same seed, same output; another seed, independent output
     noise: float | None = None  # how loosely the refiner reads a drawn z, 0 (exactly) to
@@ -87,6 +88,18 @@ TEMPERATURE = {"chars": 0.7, "pieces": 0.8}
 def with_temperature(sc: SampleConfig, units):
     """``sc`` with the default temperature of a run of ``units`` where it names none."""
     return sc if sc.temperature is not None else replace(sc, temperature=TEMPERATURE[units])
+
+
+# The default temperature of the lines of a poem the poem model writes and ranks (free
+# poems, continue): each is the best of many candidates, so a colder draw, which writes
+# likelier lines, costs little variety, and blind readers found the poems more fluent
+# and coherent at 0.5 than at 0.7 (docs/poems.md).
+POEM_TEMPERATURE = 0.5
+
+
+def poem_temperature(sc: SampleConfig):
+    """``sc`` with the poem model's default temperature where it names none."""
+    return sc if sc.temperature is not None else replace(sc, temperature=POEM_TEMPERATURE)
 
 
 # The default noise of a line written alone (or on a path, or completed) and of a line of

@@ -76,16 +76,19 @@ def _write_tab(gr, run):
         theme = gr.Textbox(label="theme (a line)", max_lines=1)
         opening = gr.Textbox(label="first line(s) to continue (白日依山尽)", max_lines=1)
         top_k = gr.Number(value=0, precision=0, minimum=0, label="top-k (0: all)")
-        temperature = gr.Slider(0.0, 2.0, value=for_run(run, SampleConfig()).temperature,
-                                step=0.05,
-                                label="temperature (0: greedy)")
+        usual = for_run(run, SampleConfig()).temperature
+        temperature = gr.Slider(0.0, 2.0, value=usual, step=0.05,
+                                label=f"temperature (0: greedy; left at {usual}: the "
+                                      "defaults, 0.5 for the poem model's poems)")
     go = gr.Button("Write", variant="primary", elem_id="write-btn")
     out = gr.Textbox(label="poems", lines=12, elem_id="poems")
 
     @readable
     def write(form, rhyme, tones, num, seed, acrostic, keywords, theme, top_k, temperature,
               opening):
-        kw = dict(seed=int(seed or 0), top_k=int(top_k or 0), temperature=float(temperature),
+        # Left where it starts, the slider asks for generate.py's defaults.
+        temperature = None if float(temperature) == usual else float(temperature)
+        kw = dict(seed=int(seed or 0), top_k=int(top_k or 0), temperature=temperature,
                   keywords=keywords.strip(), theme=theme.strip())
         if opening.strip():
             from .poem import clauses
