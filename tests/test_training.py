@@ -342,8 +342,15 @@ def test_a_cpu_trains_in_bf16_only_where_it_multiplies_bf16_much_faster():
     # The decision is timed, not read from the CPU's flags: emulated bf16 is slower.
     from textvae.device import bf16_is_faster
     for fp32, bf16, expected in ((2.0, 1.0, True), (1.0, 1.0, False), (1.0, 2.0, False)):
-        timer = {torch.float32: fp32, torch.bfloat16: bf16}.get
-        assert bf16_is_faster(timer) == expected
+        assert bf16_is_faster(lambda dtype, n: {torch.float32: fp32, torch.bfloat16: bf16}[
+            dtype]) == expected
+    # Emulated, a small product says so: the full size, half a minute there, is not timed.
+    asked = []
+
+    def emulated(dtype, n):
+        asked.append(n)
+        return 250.0 if dtype == torch.bfloat16 else 1.0
+    assert bf16_is_faster(emulated) is False and asked == [128, 128]
 
 
 def test_the_hour_preset_gives_two_thirds_of_an_hour_to_the_poem_model_and_flags_win():

@@ -57,12 +57,16 @@ def use_amp(amp, device):
 @functools.lru_cache(maxsize=None)
 def bf16_is_faster(timer=None, ratio=1.5):
     """Whether this CPU multiplies bf16 matrices at least ``ratio`` times as fast as fp32
-    (timed once, about 0.1 s). ``timer(dtype)``: seconds of one product (tests)."""
+    (timed once, about 0.1 s). ``timer(dtype, n)``: seconds of one n x n product (tests)."""
     timer = timer or _product_seconds
-    return timer(torch.float32) >= ratio * timer(torch.bfloat16)
+    # Emulated bf16 runs about 250x slower than fp32: one small product shows it at once,
+    # where timing the full size would take half a minute.
+    if timer(torch.bfloat16, 128) > 4 * timer(torch.float32, 128):
+        return False
+    return timer(torch.float32, 512) >= ratio * timer(torch.bfloat16, 512)
 
 
-def _product_seconds(dtype, n=512, reps=8):
+def _product_seconds(dtype, n, reps=8):
     """The fastest of three timings of ``reps`` n x n matrix products in ``dtype``."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
