@@ -81,25 +81,16 @@ class SampleConfig:
 
 # The default temperature of a run whose positions hold characters, or word pieces: a
 # piece holds more of a line, so a cold draw copies whole training lines more often
-# (docs/model.md).
-TEMPERATURE = {"chars": 0.7, "pieces": 0.8}
+# (docs/model.md). A line of a poem the poem model writes and ranks (free poems,
+# continue) is the best of many candidates, so a colder draw costs little variety, and
+# blind readers found those poems more fluent and coherent at 0.5 (docs/poems.md).
+TEMPERATURE = {"chars": 0.7, "pieces": 0.8, "poem": 0.5}
 
 
 def with_temperature(sc: SampleConfig, units):
-    """``sc`` with the default temperature of a run of ``units`` where it names none."""
+    """``sc`` with the default temperature of a run of ``units`` (or of a "poem" the
+    poem model ranks) where it names none."""
     return sc if sc.temperature is not None else replace(sc, temperature=TEMPERATURE[units])
-
-
-# The default temperature of the lines of a poem the poem model writes and ranks (free
-# poems, continue): each is the best of many candidates, so a colder draw, which writes
-# likelier lines, costs little variety, and blind readers found the poems more fluent
-# and coherent at 0.5 than at 0.7 (docs/poems.md).
-POEM_TEMPERATURE = 0.5
-
-
-def poem_temperature(sc: SampleConfig):
-    """``sc`` with the poem model's default temperature where it names none."""
-    return sc if sc.temperature is not None else replace(sc, temperature=POEM_TEMPERATURE)
 
 
 # The default noise of a line written alone (or on a path, or completed) and of a line of

@@ -331,9 +331,9 @@ def chain_poems(run, n, sc, gen, candidates=16, n_lines=None, first=()):
     """``n`` poems of ``n_lines`` lines, each line the best of ``candidates`` drawn from
     the run's chain (module docstring); with ``first``, poems that open with those
     lines, the chain reading them as it reads lines it wrote."""
-    from .decoding import encode_lines, noise_of, poem_temperature, texts, write_lines
+    from .decoding import encode_lines, noise_of, texts, with_temperature, write_lines
     chain, model, K = run.chain, run.model, max(1, candidates)
-    sc = poem_temperature(sc)
+    sc = with_temperature(sc, "poem")
     n_lines = n_lines or chain.cfg.lines
     if len(first) >= n_lines:
         raise UserError(f"a poem of {n_lines} lines has nothing left to write after "

@@ -63,7 +63,7 @@ def build(run):
 
 
 def _write_tab(gr, run):
-    from .decoding import SampleConfig, for_run
+    from .decoding import TEMPERATURE, SampleConfig, for_run
     with gr.Row():
         form = gr.Dropdown(WRITE_FORMS, value="lines", label="form (lines: free lines)")
         rhyme = gr.Dropdown(["pingshui", "xinyun", "off"], value="pingshui", label="rhyme")
@@ -79,7 +79,7 @@ def _write_tab(gr, run):
         usual = for_run(run, SampleConfig()).temperature
         temperature = gr.Slider(0.0, 2.0, value=usual, step=0.05,
                                 label=f"temperature (0: greedy; left at {usual}: the "
-                                      "defaults, 0.5 for the poem model's poems)")
+                                      f"defaults, {TEMPERATURE['poem']} for the poem model's poems)")
     go = gr.Button("Write", variant="primary", elem_id="write-btn")
     out = gr.Textbox(label="poems", lines=12, elem_id="poems")
 
