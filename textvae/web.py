@@ -79,7 +79,8 @@ def _write_tab(gr, run):
         usual = for_run(run, SampleConfig()).temperature
         temperature = gr.Slider(0.0, 2.0, value=usual, step=0.05,
                                 label=f"temperature (0: greedy; left at {usual}: the "
-                                      f"defaults, {TEMPERATURE['poem']} for the poem model's poems)")
+                                      f"defaults, {TEMPERATURE['poem']} for the poem "
+                                      "model's poems)")
     go = gr.Button("Write", variant="primary", elem_id="write-btn")
     out = gr.Textbox(label="poems", lines=12, elem_id="poems")
 
