@@ -20,9 +20,12 @@ from .conftest import POEM_LINES, ROOT, copy_run_files, run_cli, write_corpus
 # subprocesses, signals, torchrun or a browser: `pytest -m "not slow"` leaves them out
 pytestmark = pytest.mark.slow
 
-# Long enough (~1000 steps) that a signal lands mid-run; fp32 so runs are bit-reproducible.
-FLAGS = ["--epochs", "250", "--batch-size", "4", "--emb-dim", "16", "--enc-hidden", "16",
-         "--latent", "4", "--dec-hidden", "16", "--eval-every", "20", "--ckpt-every", "20",
+# Long enough (600 steps, 4 an epoch) that a signal lands mid-run; fp32 so runs are
+# bit-reproducible. A record redraws curves.png (~0.6 s), so records are few.
+EPOCHS = 150
+STEPS = EPOCHS * 4  # the corpus of 16 lines at batch 4
+FLAGS = ["--epochs", str(EPOCHS), "--batch-size", "4", "--emb-dim", "16", "--enc-hidden", "16",
+         "--latent", "4", "--dec-hidden", "16", "--eval-every", "100", "--ckpt-every", "20",
          "--refiner-dim", "16", "--refiner-heads", "2", "--iw-samples", "0", "--amp", "off",
          "--min-steps", "0"]
 
@@ -86,7 +89,7 @@ def test_a_run_stopped_before_its_first_validation_record_has_usable_weights(tmp
 
 def last_step_shown(stderr):
     """The highest step the progress bar printed (it lags the loop by up to a second)."""
-    return max(map(int, re.findall(r"(\d+)/1000 \[", stderr)), default=0)
+    return max(map(int, re.findall(rf"(\d+)/{STEPS} \[", stderr)), default=0)
 
 
 def test_sigkill_loses_at_most_one_interval_and_leaves_every_file_loadable(tmp_path):
@@ -102,11 +105,11 @@ def test_sigkill_loses_at_most_one_interval_and_leaves_every_file_loadable(tmp_p
         torch.load(ckpt, weights_only=True)
     load_run(out)
     reached = last_step_shown(err)
-    assert 0 < max(steps) < 1000 and reached - max(steps) <= 20  # --ckpt-every 20
+    assert 0 < max(steps) < STEPS and reached - max(steps) <= 20  # --ckpt-every 20
     r = run_cli("train.py", "--resume", out, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 250 * 4  # 16 lines / batch 4 = 4 steps an epoch
+    assert summary["steps"] == STEPS
     load_run(out)
 
 
