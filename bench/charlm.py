@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from textvae.data import load_corpus  # noqa: E402
+from textvae.device import fused_adam  # noqa: E402
 from textvae.tokenizer import BOS, EOS, PAD, UNK, CharTokenizer  # noqa: E402
 
 
@@ -48,7 +49,9 @@ def sequences(tok, lines, max_len):
 
 def train_lm(model, data, seconds, batch=128, lr=2e-3, seed=0):
     """Teacher-forced training until the clock runs out; returns steps taken."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    # fused, as the VAE's trainer: the anchor gets the same optimiser's speed
+    opt = torch.optim.Adam(model.parameters(), lr=lr,
+                           fused=fused_adam(next(model.parameters()).device))
     gen = torch.Generator().manual_seed(seed)
     t0, steps = time.time(), 0
     while time.time() - t0 < seconds:

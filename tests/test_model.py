@@ -5,7 +5,7 @@ import torch
 
 from textvae.anneal import KLSchedule
 from textvae.errors import UserError
-from textvae.model import TextVAE, VAEConfig, gaussian_kl
+from textvae.model import Dropout, TextVAE, VAEConfig, gaussian_kl
 from textvae.tokenizer import PAD
 
 ENCODERS = ["gcnn", "lstm"]
@@ -125,6 +125,23 @@ def test_the_gated_conv_is_torchs_convolution_computed_as_one_matmul(kernel):
     block, x = GatedConv(6, kernel), torch.randn(3, 7, 6)                 # (B, L, C)
     a, b = block.conv(x.transpose(1, 2)).transpose(1, 2).chunk(2, dim=-1)
     torch.testing.assert_close(block(x), x + a * F.sigmoid(b))
+
+
+def test_the_cpu_dropout_drops_p_of_the_elements_at_random_and_scales_the_rest():
+    torch.manual_seed(0)
+    drop, x = Dropout(0.25), torch.ones(400_000, requires_grad=True)
+    y = drop(x)
+    assert (y == 0).float().mean().item() == pytest.approx(0.25, abs=0.004)
+    assert torch.all((y == 0) | (y == 1 / 0.75))
+    # neighbours are dropped independently, as they are 16 bits of the same draw
+    kept = (y != 0).float().view(-1, 4)
+    assert (kept[:, 0] * kept[:, 1]).mean().item() == pytest.approx(0.75 ** 2, abs=0.004)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes where kept, scaled
+    assert not torch.equal(drop(x), drop(x))
+    assert drop.eval()(x) is x
+    model = TextVAE(VAEConfig(vocab_size=30, max_len=5))
+    assert not [m for m in model.modules() if type(m) is torch.nn.Dropout]
 
 
 def test_even_kernel_is_refused():

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .checkpoints import rng_state, set_rng_state
 from .config import Saved
+from .device import fused_adam
 from .model import Refiner, VAEConfig, noised
 
 
@@ -227,7 +228,7 @@ def fit_context(model, data, seconds, log=print, seed=0, batch=64, lr=LR, steps=
     cref = ContextRefiner(model.cfg, ContextConfig(ids.shape[1], extra_layers, dropout))
     cref.copy_line_refiner(model.refiner)
     cref = cref.to(dev)
-    opt = torch.optim.AdamW(cref.parameters(), lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(cref.parameters(), lr=lr, weight_decay=0.01, fused=fused_adam(dev))
     gen = torch.Generator().manual_seed(seed)
     done, before = _restored(saved, cref, opt, gen) if saved else (0, 0.0)
     t0 = last_save = time.time()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .anneal import kl_schedule
 from .batches import TokenIds, cache_file, epoch_order
-from .device import CompiledOrPlain, resolve_device, use_amp, use_compile
+from .device import CompiledOrPlain, fused_adam, resolve_device, use_amp, use_compile
 from .distributed import Group, shard
 from .errors import UserError
 from .evaluate import validate
@@ -199,9 +199,8 @@ class Trainer:
                 _Loss(self.model), device_ids=[self.device] if self.device.type == "cuda"
                 else None)
             torch.manual_seed(_rank_seed(tc.seed, self.group.rank, 0))  # own dropout
-        # Fused Adam: one kernel for all parameters on a GPU instead of a dozen per tensor.
         self.opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                                    fused=self.device.type == "cuda")
+                                    fused=fused_adam(self.device))
         self.bf16 = not self.group.any(not use_amp(tc.amp, self.device))  # all ranks alike
         self._data(tok, corpus)
         self.total = tc.total_steps(self.per_epoch)
