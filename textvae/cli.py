@@ -53,6 +53,7 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+@functools.lru_cache(maxsize=None)  # reading a class's source takes ~15 ms; a parser asks often
 def _field_help(cls):
     """Each dataclass field's comment, as help text: the trailing comment of its line
     and the comment-only lines that continue it."""
