@@ -185,7 +185,8 @@ def test_the_poem_models_lines_are_drawn_at_0_5_unless_told(chained_run, monkeyp
         used.clear()
         chained_run.poems(1, seed=1, line_candidates=2, **kw)
         chained_run.continue_poem(POEM_LINES[0], seed=1, line_candidates=2, **kw)
-        assert used == [poem] * 7, kw
+        chained_run.poems(1, form="wujue", tones=True, seed=1, **kw)
+        assert used == [poem] * 11, kw
         used.clear()
         chained_run.poems(1, seed=1, independent=True, **kw)
         chained_run.sample(2, seed=1, **kw)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .decoding import SampleConfig, noise_of, pick_z, texts, write_lines
+from .decoding import SampleConfig, noise_of, pick_z, texts, with_temperature, write_lines
 from .context import Written
 from .poem import best_lines, drawn, read_on
 from .sampling import chained, keyword_ids, place_keywords, prior_z
@@ -90,6 +90,8 @@ def write_poems(run, pc: PoemConfig, n, sc: SampleConfig = SampleConfig(), batch
                         f"{pc.form.name}; got {len(sc.keyword_list())}")
     vt = VocabTones(run.tokenizer, pc.rhyme if pc.rhyme != "off" else "pingshui") \
         if pc.tones or pc.rhyme != "off" else None
+    if chained(run, sc):  # the poem model's lines, drawn as its free poems' are
+        sc = with_temperature(sc, "poem")
     gen = torch.Generator().manual_seed(sc.seed)
     for start in range(0, n, batch):
         yield from _batch(run, pc, vt, min(batch, n - start), sc, gen)

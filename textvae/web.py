@@ -80,7 +80,7 @@ def _write_tab(gr, run):
         temperature = gr.Slider(0.0, 2.0, value=usual, step=0.05,
                                 label=f"temperature (0: greedy; left at {usual}: the "
                                       f"defaults, {TEMPERATURE['poem']} for the poem "
-                                      "model's poems)")
+                                      "model's poems and forms)")
     go = gr.Button("Write", variant="primary", elem_id="write-btn")
     out = gr.Textbox(label="poems", lines=12, elem_id="poems")
 
