@@ -185,6 +185,8 @@ MARKERS = ("<!-- RESULTS: written by bench/report.py -->", "<!-- /RESULTS -->")
 def readme_block(run_dir, panels):
     """The README's results: each panel's table, then poems and a path of the run."""
     from blind import format_scores
+    from textvae.decoding import SampleConfig
+    from textvae.poetry import couplets, default_form
     from textvae.run import load_run
     out = []
     for folder in panels:
@@ -196,7 +198,9 @@ def readme_block(run_dir, panels):
     out += [f"Training curves of `{run_dir}` (its curves.png, copied to docs/):\n",
             "![training curves](docs/curves.png)\n"]
     run = load_run(run_dir)
-    poems = run.poems(4, seed=0)
+    form = default_form(run, SampleConfig())  # the poems generate.py writes by default
+    poems = ([couplets(p) for p in run.poems(4, form=form, tones=True, seed=0)] if form
+             else run.poems(4, seed=0))
     path = run.interpolate("白日依山尽", "床前明月光", steps=8, how="linear")
     out += [f"`python generate.py` (`{run_dir}`, seed 0):\n", "```text",
             "\n\n".join("\n".join(p) for p in poems), "```", "",

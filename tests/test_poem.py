@@ -109,6 +109,16 @@ def test_train_with_poems_saves_a_chain_that_generate_continues(tmp_path):
     r = run_cli("generate.py", "--run", tmp_path / "run", "continue", "白日依山尽", "黄河入海流",
                 "欲穷千里目", "更上一层楼")
     assert_one_line_error(r, "nothing left to write")
+    # With no --form, a poem model of five-character lines writes 五绝 with their tones,
+    # as couplets; --form free, --independent or --acrostic write free lines.
+    r = run_cli("generate.py", "--run", tmp_path / "run", "--num", "2")
+    assert r.returncode == 0, r.stderr
+    for poem in r.stdout.strip().split("\n\n"):
+        assert [len(c) for c in poem.splitlines()] == [12, 12] and poem.count("。") == 2
+    for flags in (["--form", "free"], ["--independent"], ["--acrostic", "白黄欲更"]):
+        r = run_cli("generate.py", "--run", tmp_path / "run", "--num", "2", *flags)
+        assert r.returncode == 0, r.stderr
+        assert [len(p.splitlines()) for p in r.stdout.strip().split("\n\n")] == [4, 4], flags
 
 
 def test_a_poem_model_without_a_refiner_is_refused_before_training(tmp_path):
@@ -166,7 +176,7 @@ def test_the_poem_models_lines_are_read_at_0_8_and_lines_alone_at_0_5(chained_ru
 def test_more_poems_only_add_to_the_poems_a_seed_wrote(chained_run):
     from textvae.sampling import batch_sizes
     assert [w for w, _ in batch_sizes(200, 64)] == [1, 1, 2, 4, 8, 16, 32, 64, 64, 64]
-    for kw in ({"line_candidates": 2}, {"independent": True}):
+    for kw in ({"line_candidates": 2}, {"independent": True}, {"form": "wujue", "tones": True}):
         nine = chained_run.poems(9, seed=6, **kw)
         assert len(nine) == 9 and len({tuple(p) for p in nine}) > 1, kw
         for n in (1, 3, 5):

@@ -21,7 +21,7 @@ from .config import PRESETS, configs
 from .errors import UserError
 from .decoding import SampleConfig
 from .sampling import continued, poems
-from .poetry import PoemConfig, couplets, write_poems
+from .poetry import PoemConfig, couplets, default_form, write_poems
 from .prosody import VERSE_FORMS, RHYMES, form_named
 
 DEFAULT_RUN = "runs/tang5"
@@ -186,15 +186,17 @@ def _sample_flags(s):
     s.add_argument("--lines", type=int, default=0,
                    help="lines per poem (default: 4 for line corpora, 1 for whole poems)")
     s.add_argument("--acrostic", help="first characters of the lines, e.g. 春夏秋冬")
-    s.add_argument("--form", choices=sorted(VERSE_FORMS),
+    s.add_argument("--form", choices=sorted(VERSE_FORMS) + ["free"],
                    help="a classical form: wujue 五绝, qijue 七绝 (4 lines), wulv 五律, "
-                        "qilv 七律 (8 lines); needs a run of 5- or 7-character lines")
+                        "qilv 七律 (8 lines); needs a run of 5- or 7-character lines; free: "
+                        "free lines (default: wujue with --tones on a poem model of "
+                        "5-character lines, else free)")
     s.add_argument("--rhyme", choices=RHYMES, default="pingshui",
                    help="with --form: the even lines rhyme by 平水韵 (pingshui) or "
                         "中华新韵 (xinyun), or not at all (default: pingshui)")
-    s.add_argument("--tones", action="store_true",
+    s.add_argument("--tones", action=argparse.BooleanOptionalAction, default=None,
                    help="with --form: follow the form's 平仄 template (characters 2, 4, "
-                        "6 and the last)")
+                        "6 and the last; default: on for the default form only)")
     _sample_fields(s, "theme", "theme_weight", "keywords", "line_candidates", "independent")
     s.add_argument("--coherence", type=float, default=PoemConfig.rho,
                    help="with --form: share of its latent a line takes from the line "
@@ -402,14 +404,26 @@ def _sample(run, args):
         raise UserError("--num must be at least 1 and --lines at least 0")
     if args.acrostic is not None and not args.acrostic.strip():
         raise UserError("--acrostic needs at least one character")
-    if args.form:
-        pc = PoemConfig(form_named(args.form), args.rhyme, args.tones, args.acrostic or "",
+    form, tones = _form_and_tones(run, args)
+    if form:
+        pc = PoemConfig(form_named(form), args.rhyme, tones, args.acrostic or "",
                         args.coherence)
         stream = (couplets(p) for p in write_poems(run, pc, args.num, _sample_config(args)))
     else:
         n_lines = args.lines or run.config["data"]["lines_per_poem"]
         stream = poems(run, args.num, n_lines, _sample_config(args), heads=args.acrostic)
     return _write_poems(stream, args.format)
+
+
+def _form_and_tones(run, args):
+    """The form to write (None: free lines) and whether it keeps its tones: --form and
+    --tones as typed; no --form, the run's default form (poetry.default_form), tones on
+    unless --no-tones."""
+    if args.form:
+        return (None if args.form == "free" else args.form), bool(args.tones)
+    free = bool(args.lines) or args.acrostic is not None or args.line_candidates is not None
+    form = default_form(run, _sample_config(args), free=free)
+    return form, bool(form) and args.tones is not False
 
 
 def _continue(run, args):

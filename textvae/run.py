@@ -84,7 +84,9 @@ class Run:
 
     def poems(self, n=1, form=None, rhyme="pingshui", tones=False, acrostic="", **kw):
         """``n`` poems (lists of lines): four lines each, or a classical ``form``
-        ('wujue', 'qijue', 'wulv', 'qilv') with rhyme and tones."""
+        ('wujue', 'qijue', 'wulv', 'qilv') with rhyme and tones. generate.py's default
+        is poetry.default_form: form='wujue', tones=True on a poem model of
+        five-character lines."""
         from .decoding import SampleConfig
         from .sampling import poems
         from .poetry import PoemConfig, write_poems
