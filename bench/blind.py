@@ -16,10 +16,11 @@ of ratings that took its items for real, and each reader's own means.
 Sources (SYSTEM=SOURCE):
   real:RECIPE        held-out items of a prepared corpus: quatrain5's valid+test poems,
                      or a line corpus' test lines (tang5)
-  run:DIR            a run's default poems (generate.py), or one line of each
+  run:DIR            a run's free poems (generate.py --form free), or one line of each
   independent:DIR    the same run with --independent: each line its own z ~ N(0, I),
                      read at noise 0.5 as lines alone are (the run's poems: 0.8)
-  form:DIR[:FORM]    the run's classical form writer, --form FORM (wujue) --tones
+  form:DIR[:FORM]    the run's classical form writer, --form FORM (wujue) --tones: on a
+                     poem model of five-character lines, generate.py's default
   lm:DIR             a GRU LM anchor's samples.json (bench/charlm.py)
   file:PATH          a JSON list of poems (lists of lines) or of lines
 """

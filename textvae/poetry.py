@@ -88,7 +88,7 @@ def default_form(run, sc: SampleConfig, free=False):
     readers rated its poems 0.27 above the same run's free quatrains in both fluency and
     coherence (docs/poems.md)."""
     fits = (not free and chained(run, sc) and run.tokenizer.units == "chars"
-            and 5 in run.form.lengths)
+            and list(run.form.lengths) == [5])  # a run of several lengths writes them all
     return "wujue" if fits else None
 
 

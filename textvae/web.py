@@ -64,12 +64,12 @@ def build(run):
 
 def _write_tab(gr, run):
     from .decoding import TEMPERATURE, SampleConfig, for_run
-    from .poetry import default_form
-    first = default_form(run, SampleConfig()) or "lines"  # what generate.py writes
     with gr.Row():
-        form = gr.Dropdown(WRITE_FORMS, value=first, label="form (lines: free lines)")
+        # Free lines first: an acrostic, keywords or a theme then need no form.
+        form = gr.Dropdown(WRITE_FORMS, value="lines", label="form (lines: free lines; "
+                           "wujue with tones: generate.py's default)")
         rhyme = gr.Dropdown(["pingshui", "xinyun", "off"], value="pingshui", label="rhyme")
-        tones = gr.Checkbox(value=first != "lines", label="tones (平仄)")
+        tones = gr.Checkbox(label="tones (平仄)")
         num = gr.Number(value=2, precision=0, minimum=1, maximum=50, label="poems")
         seed = gr.Number(value=0, precision=0, label="seed")
     with gr.Row():
