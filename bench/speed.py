@@ -37,12 +37,12 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from textvae.config import configs  # noqa: E402
 from textvae.data import load_corpus  # noqa: E402
-from textvae.device import bf16_is_faster  # noqa: E402
 from textvae.evaluate import iw_nll, log_normal  # noqa: E402
 from textvae.model import Dropout, TextVAE  # noqa: E402
 from textvae.tokenizer import VOCAB, CharTokenizer  # noqa: E402
 from textvae.batches import TokenIds, cache_file, epoch_order  # noqa: E402
-from textvae.device import compiled, fused_adam, resolve_device, use_amp  # noqa: E402
+from textvae.device import (bf16_is_faster, compiled, fused_adam, product_seconds,  # noqa: E402
+                            resolve_device, use_amp)
 from textvae import decoding, poem  # noqa: E402
 from textvae.decoding import SampleConfig, for_run  # noqa: E402
 from textvae.run import load_run  # noqa: E402
@@ -59,22 +59,11 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_ceiling(dtype, device, n=2048, reps=4, rounds=3):
-    """GFLOP/s of n x n products, the fastest of ``rounds`` rounds: a shared machine's
-    pace wanders (123-176 GFLOP/s on the 2-core EPYC), and a slow round would flatter
-    the step's share of it."""
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
-    best = float("inf")
-    for _ in range(rounds):
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 * reps / best / 1e9
+def matmul_ceiling(dtype, device, n=2048):
+    """GFLOP/s of n x n products, the fastest of three rounds (product_seconds): the
+    2-core EPYC's pace wanders (123-176 GFLOP/s), and a slow round would flatter the
+    step's share of it."""
+    return 2 * n ** 3 / product_seconds(dtype, n, reps=4, device=device) / 1e9
 
 
 def configs_for(name, tok, max_len):

@@ -65,7 +65,7 @@ def use_amp(amp, device):
 def bf16_is_faster(timer=None, ratio=1.5):
     """Whether this CPU multiplies bf16 matrices at least ``ratio`` times as fast as fp32
     (timed once, about 0.1 s). ``timer(dtype, n)``: seconds of one n x n product (tests)."""
-    timer = timer or _product_seconds
+    timer = timer or product_seconds
     # Emulated bf16 runs about 250x slower than fp32: one small product shows it at once,
     # where timing the full size would take half a minute.
     if timer(torch.bfloat16, 128) > 4 * timer(torch.float32, 128):
@@ -73,17 +73,27 @@ def bf16_is_faster(timer=None, ratio=1.5):
     return timer(torch.float32, 512) >= ratio * timer(torch.bfloat16, 512)
 
 
-def _product_seconds(dtype, n, reps=8):
-    """The fastest of three timings of ``reps`` n x n matrix products in ``dtype``."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def product_seconds(dtype, n, reps=8, device="cpu"):
+    """Seconds of one n x n matrix product in ``dtype`` on ``device``: the fastest of
+    three timings of ``reps`` products (a shared machine's pace wanders, and a slow
+    round would understate what it can do)."""
+    device = torch.device(device)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     a @ b
     best = float("inf")
     for _ in range(3):
+        _sync(device)
         t = time.perf_counter()
         for _ in range(reps):
             a @ b
+        _sync(device)
         best = min(best, time.perf_counter() - t)
     return best / reps
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def use_compile(how, device, steps, distributed):
