@@ -263,7 +263,8 @@ class Refiner(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, cfg.refiner_layers,
                                             enable_nested_tensor=False)
         for block in self.blocks.layers:  # the faster masks on a CPU
-            block.dropout, block.dropout1, block.dropout2 = (Dropout(cfg.dropout) for _ in "abc")
+            block.dropout, block.dropout1, block.dropout2 = (Dropout(cfg.dropout)
+                                                             for _ in range(3))
         self.norm = nn.LayerNorm(d)
         self.out = nn.Linear(d, cfg.vocab_size)
         causal = nn.Transformer.generate_square_subsequent_mask(cfg.max_len + 1)
