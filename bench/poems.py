@@ -6,8 +6,9 @@
 Systems, each writing five-character quatrains (each skipped when its run is missing):
   lines          the tang5 run's poems with --independent: four lines from four
                  independent z, read at noise 0.5 (the chain's lines: 0.8)
-  poem chain     the run's default poems (`generate.py`): z_t drawn from its poem chain
-                 p(z_t | z_<t), each line the best of K (textvae/poem.py)
+  poem chain     the run's free poems (`generate.py --form free`): z_t drawn from its
+                 poem chain p(z_t | z_<t), each line the best of K (textvae/poem.py)
+  default        `generate.py`: 五绝 with rhyme and tones on the poem chain (poetry.py)
   walk rho R     the tang5 run's form writer (`--form wujue`, rhyme off, no tones): the
                  lines' z walk, z_i = R z_(i-1) + sqrt(1 - R^2) eps, 64 candidates a line
   whole poem     the runs of `train.py --corpus quatrain5` (16,442 training quatrains)
@@ -43,7 +44,7 @@ from textvae.decoding import SampleConfig
 from textvae.sampling import poems, sample  # noqa: E402
 from textvae.judge import CharKN, PoemThread, distinct_n  # noqa: E402
 from textvae.poem import clauses  # noqa: E402
-from textvae.poetry import PoemConfig, write_poems  # noqa: E402
+from textvae.poetry import PoemConfig, chosen_form, write_poems  # noqa: E402
 from textvae.prosody import VERSE_FORMS  # noqa: E402
 from textvae.run import load_run  # noqa: E402
 
@@ -85,9 +86,10 @@ def systems(args, n):
             pc = PoemConfig(VERSE_FORMS["wujue"], rhyme="off", rho=rho)
             out.append((f"walk rho {rho}",
                         list(write_poems(run, pc, n, SampleConfig(independent=True)))))
-        if run.chain is not None:
-            pc = PoemConfig(VERSE_FORMS["wujue"], rhyme="off")
-            out.append(("wujue on the chain", list(write_poems(run, pc, n, SampleConfig()))))
+        form, tones = chosen_form(run, SampleConfig())  # what generate.py writes
+        if form:
+            pc = PoemConfig(VERSE_FORMS[form], tones=tones)
+            out.append((f"default: {form}, tones", list(write_poems(run, pc, n, SampleConfig()))))
     for folder in args.runq:
         if (Path(folder) / "model.safetensors").exists():
             run = load_run(folder)

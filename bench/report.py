@@ -87,11 +87,13 @@ def run_section(folder):
 
 def compute_section(runs, panels):
     """Quality against compute: each run's budget, size and figures, and the blind
-    panels' scores of the poems it wrote (a panel system whose source is run:FOLDER)."""
+    panels' scores of the poems it wrote (a panel system read from the run's folder)."""
     out = ["## Quality against compute\n",
            "Each run made by `train.py` on this machine with the settings shown; reader "
-           "scores are coherence / fluency of its default poems and the sense of their "
-           "lines, from every panel above that read this run (compare within a panel).\n",
+           "scores are coherence / fluency of its poems (wujue: the 五绝 generate.py writes "
+           "by default; free: its free four-line poems; else the form the panel names) "
+           "and the sense of its lines, from "
+           "every panel above that read this run (compare within a panel).\n",
            "| run | --minutes | of them the poem model | refiner | steps | context steps "
            "| IW-NLL | acc from mu | context nats (after / alone) | readers: coherence / "
            "fluency (panel) | readers: line sense (panel) |", "|" + " --- |" * 11]
@@ -99,11 +101,11 @@ def compute_section(runs, panels):
         summary = json.loads((Path(folder) / "summary.json").read_text())
         config = json.loads((Path(folder) / "config.json").read_text())
         m, ctx = config["model"], config.get("context_fit") or {}
-        scores = list(_panel_scores(panels, f"run:{folder}"))
-        read = [f"{r['coherence'][0]:.2f} / {r['fluency'][0]:.2f} ({Path(p).name})"
-                for p, kind, r in scores if kind == "poems"]
-        sense = [f"{r['sense'][0]:.2f} ({Path(p).name})"
-                 for p, kind, r in scores if kind == "lines"]
+        scores = list(_panel_scores(panels, folder))
+        read = [f"{r['coherence'][0]:.2f} / {r['fluency'][0]:.2f} ({Path(p).name}, {how})"
+                for p, kind, how, r in scores if kind == "poems"]
+        sense = [f"{r['sense'][0]:.2f} ({Path(p).name}, {how})"
+                 for p, kind, how, r in scores if kind == "lines"]
         tc = config["train"]
         out.append(f"| `{folder}` | {tc['minutes']:g} | {tc.get('poem_minutes', 0):g} | "
                    f"{m['refiner_layers']} x {m['refiner_dim']} | {summary['steps']:,} | "
@@ -114,18 +116,25 @@ def compute_section(runs, panels):
     return "\n".join(out) + "\n"
 
 
-def _panel_scores(panels, source):
-    """(panel, its kind, that system's scores) for each panel with a system read from
-    ``source``; not a panel packed before the run folder's config.json was last
-    written, which read an earlier run kept under the same name."""
-    written = (Path(source.split(":", 1)[1]) / "config.json").stat().st_mtime
-    for folder in panels:
-        if (Path(folder) / "key.json").stat().st_mtime < written:
+# A panel system's source (bench/blind.py) as the table names what it read: free
+# poems, or the form after the folder (form:FOLDER:wujue).
+READ_AS = {"run": "free", "form": "wujue"}
+
+
+def _panel_scores(panels, folder):
+    """(panel, its kind, what it read, that system's scores) for each panel system read
+    from the run ``folder`` (run:FOLDER or form:FOLDER[:FORM]); not a panel packed before
+    the folder's config.json was last written, which read an earlier run of that name."""
+    written = (Path(folder) / "config.json").stat().st_mtime
+    for panel in panels:
+        if (Path(panel) / "key.json").stat().st_mtime < written:
             continue
-        res = json.loads((Path(folder) / "scores.json").read_text())
+        res = json.loads((Path(panel) / "scores.json").read_text())
         for name, src in res["sources"].items():
-            if src == source:
-                yield folder, res["kind"], res["systems"][name]
+            how, _, rest = src.partition(":")
+            where, _, form = rest.partition(":")
+            if how in READ_AS and where == str(folder):
+                yield panel, res["kind"], form or READ_AS[how], res["systems"][name]
 
 
 def _fmt(v):
@@ -159,9 +168,10 @@ def poems_section(path):
     out = [f"## Poem statistics: `python bench/poems.py --poems {data['poems']}`\n",
            "Judges fitted on quatrain5's training poems. thread_margin: how much more a "
            "poem's lines belong together (character PMI across lines) than the same "
-           "system's lines re-dealt at random. The default's line choice scores candidates "
-           "by a PMI table of the same kind (fitted on stanza5), so its margin is no longer "
-           "an independent judge: the blind panels are.\n",
+           "system's lines re-dealt at random. The poem model's line choice (its free poems "
+           "and the default 五绝) scores candidates by a PMI table of the same kind (fitted "
+           "on stanza5), so their margin is no longer an independent judge: the blind "
+           "panels are.\n",
            "| system | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
     out += [f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |"
             for name, r in data["rows"]]
@@ -186,7 +196,7 @@ def readme_block(run_dir, panels):
     """The README's results: each panel's table, then poems and a path of the run."""
     from blind import format_scores
     from textvae.decoding import SampleConfig
-    from textvae.poetry import couplets, default_form
+    from textvae.poetry import chosen_form, couplets
     from textvae.run import load_run
     out = []
     for folder in panels:
@@ -198,9 +208,9 @@ def readme_block(run_dir, panels):
     out += [f"Training curves of `{run_dir}` (its curves.png, copied to docs/):\n",
             "![training curves](docs/curves.png)\n"]
     run = load_run(run_dir)
-    form = default_form(run, SampleConfig())  # the poems generate.py writes by default
-    poems = ([couplets(p) for p in run.poems(4, form=form, tones=True, seed=0)] if form
-             else run.poems(4, seed=0))
+    form, tones = chosen_form(run, SampleConfig())  # what generate.py writes by default
+    poems = run.poems(4, form=form, tones=tones, seed=0)
+    poems = [couplets(p) for p in poems] if form else poems
     path = run.interpolate("白日依山尽", "床前明月光", steps=8, how="linear")
     out += [f"`python generate.py` (`{run_dir}`, seed 0):\n", "```text",
             "\n\n".join("\n".join(p) for p in poems), "```", "",

@@ -80,3 +80,20 @@ def test_report_writes_the_run_and_the_panel_with_its_items(tmp_path, overfit_ru
     assert "\n".join(POEM_LINES[:4]) in text and "commit" in text
     # The panel read a file, not this run: its row has no readers' scores.
     assert f"| `{run}` | " in text and "| 120 | 0 | 30.00 | 0.500 | - / - | - | - |" in text
+
+
+def test_the_compute_table_finds_a_runs_free_poems_and_its_form(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import report
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    panel = tmp_path / "panel"
+    panel.mkdir()
+    (panel / "key.json").write_text("{}")  # packed after the run was written
+    sources = {"a": f"run:{run}", "b": f"form:{run}:wujue", "c": f"form:{run}-other:wujue",
+               "d": "real:quatrain5", "e": f"lm:{run}"}
+    (panel / "scores.json").write_text(json.dumps({"kind": "poems", "sources": sources,
+                                                   "systems": {k: k for k in sources}}))
+    found = [(how, scores) for _, _, how, scores in report._panel_scores([panel], run)]
+    assert found == [("free", "a"), ("wujue", "b")]

@@ -119,6 +119,9 @@ def test_train_with_poems_saves_a_chain_that_generate_continues(tmp_path):
         r = run_cli("generate.py", "--run", tmp_path / "run", "--num", "2", *flags)
         assert r.returncode == 0, r.stderr
         assert [len(p.splitlines()) for p in r.stdout.strip().split("\n\n")] == [4, 4], flags
+    # The poem chain draws each line's z, so the walk's --coherence would be dropped.
+    r = run_cli("generate.py", "--run", tmp_path / "run", "--coherence", "0.3")
+    assert_one_line_error(r, "--coherence sets the walk")
 
 
 def test_a_poem_model_without_a_refiner_is_refused_before_training(tmp_path):

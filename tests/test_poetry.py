@@ -1,4 +1,5 @@
 """Classical forms: tone templates, rhyme tables, constrained poems, acrostics."""
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -112,6 +113,19 @@ def test_cli_writes_forms_and_refuses_wrong_ones(overfit_run):
     bad = run_cli("generate.py", "--run", str(overfit_run.dir), "--form", "qilv")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+    # JSON holds a form's lines, not the couplets the text shows.
+    ok = run_cli("generate.py", "--run", str(overfit_run.dir), "--form", "wujue",
+                 "--format", "json", "--num", "2")
+    assert ok.returncode == 0, ok.stderr
+    assert [[len(line) for line in p] for p in json.loads(ok.stdout)] == [[5] * 4] * 2
+    # A form's flags on free lines are refused, not silently dropped.
+    for flags, named in ((["--form", "free", "--tones"], "--tones"),
+                         (["--acrostic", "春夏秋冬", "--rhyme", "xinyun"], "--rhyme"),
+                         (["--coherence", "0.3"], "--coherence"),
+                         (["--form", "wujue", "--lines", "8"], "--lines")):
+        bad = run_cli("generate.py", "--run", str(overfit_run.dir), *flags)
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr, flags
+        assert len(bad.stderr.strip().splitlines()) == 1 and named in bad.stderr, flags
 
 
 def test_tones_hold_the_faultless_positions_too(overfit_run):
@@ -124,3 +138,22 @@ def test_tones_hold_the_faultless_positions_too(overfit_run):
         allowed = torch.ones(5, V, dtype=torch.bool)
         _constrain(allowed, pc, vt, pattern, False, None, torch.zeros(V, dtype=torch.bool))
         assert not (allowed[pos] & ~vt.tone[tone]).any(), pattern
+
+
+def test_the_form_written_is_chosen_in_one_place():
+    from textvae.decoding import SampleConfig
+    from textvae.poetry import chosen_form
+    poem_model = SimpleNamespace(chain=object(), tokenizer=SimpleNamespace(units="chars"),
+                                 form=SimpleNamespace(lengths=[5]))
+    sc = SampleConfig()
+    assert chosen_form(poem_model, sc) == ("wujue", True)             # generate.py's default
+    assert chosen_form(poem_model, sc, tones=False) == ("wujue", False)  # --no-tones
+    assert chosen_form(poem_model, sc, free=True) == (None, False)    # --acrostic, --lines
+    assert chosen_form(poem_model, SampleConfig(independent=True)) == (None, False)
+    assert chosen_form(poem_model, sc, "free", True) == (None, False)
+    assert chosen_form(poem_model, sc, "qijue") == ("qijue", False)   # a named form's tones
+    assert chosen_form(poem_model, sc, "qijue", True) == ("qijue", True)  # only when asked
+    for change in ({"chain": None}, {"form": SimpleNamespace(lengths=[5, 7])},
+                   {"tokenizer": SimpleNamespace(units="pieces")}):
+        assert chosen_form(SimpleNamespace(**{**vars(poem_model), **change}), sc) == \
+            (None, False), change

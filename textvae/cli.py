@@ -20,8 +20,8 @@ import torch
 from .config import PRESETS, configs
 from .errors import UserError
 from .decoding import SampleConfig
-from .sampling import continued, poems
-from .poetry import PoemConfig, couplets, default_form, write_poems
+from .sampling import chained, continued, poems
+from .poetry import PoemConfig, chosen_form, couplets, write_poems
 from .prosody import VERSE_FORMS, RHYMES, form_named
 
 DEFAULT_RUN = "runs/tang5"
@@ -191,16 +191,17 @@ def _sample_flags(s):
                         "qilv 七律 (8 lines); needs a run of 5- or 7-character lines; free: "
                         "free lines (default: wujue with --tones on a poem model of "
                         "5-character lines, else free)")
-    s.add_argument("--rhyme", choices=RHYMES, default="pingshui",
-                   help="with --form: the even lines rhyme by 平水韵 (pingshui) or "
+    s.add_argument("--rhyme", choices=RHYMES,
+                   help="in a form: the even lines rhyme by 平水韵 (pingshui) or "
                         "中华新韵 (xinyun), or not at all (default: pingshui)")
     s.add_argument("--tones", action=argparse.BooleanOptionalAction, default=None,
-                   help="with --form: follow the form's 平仄 template (characters 2, 4, "
+                   help="in a form: follow its 平仄 template (characters 2, 4, "
                         "6 and the last; default: on for the default form only)")
     _sample_fields(s, "theme", "theme_weight", "keywords", "line_candidates", "independent")
-    s.add_argument("--coherence", type=float, default=PoemConfig.rho,
-                   help="with --form: share of its latent a line takes from the line "
-                        f"before, 0 to <1 (default: {PoemConfig.rho})")
+    s.add_argument("--coherence", type=float,
+                   help="in a form on a run without a poem model (or --independent): "
+                        "share of its latent a line takes from the line before, 0 to <1 "
+                        f"(default: {PoemConfig.rho})")
 
 
 def generate_parser():
@@ -406,24 +407,35 @@ def _sample(run, args):
         raise UserError("--acrostic needs at least one character")
     form, tones = _form_and_tones(run, args)
     if form:
-        pc = PoemConfig(form_named(form), args.rhyme, tones, args.acrostic or "",
-                        args.coherence)
-        stream = (couplets(p) for p in write_poems(run, pc, args.num, _sample_config(args)))
+        pc = PoemConfig(form_named(form), args.rhyme or "pingshui", tones,
+                        args.acrostic or "", PoemConfig.rho if args.coherence is None
+                        else args.coherence)
+        stream = write_poems(run, pc, args.num, _sample_config(args))
     else:
         n_lines = args.lines or run.config["data"]["lines_per_poem"]
         stream = poems(run, args.num, n_lines, _sample_config(args), heads=args.acrostic)
-    return _write_poems(stream, args.format)
+    return _write_poems(stream, args.format, couplets if form else None)
 
 
 def _form_and_tones(run, args):
-    """The form to write (None: free lines) and whether it keeps its tones: --form and
-    --tones as typed; no --form, the run's default form (poetry.default_form), tones on
-    unless --no-tones."""
-    if args.form:
-        return (None if args.form == "free" else args.form), bool(args.tones)
+    """The form to write (None: free lines) and its tones, by poetry.chosen_form; a flag
+    these poems would drop stops with one line instead."""
+    sc = _sample_config(args)
     free = bool(args.lines) or args.acrostic is not None or args.line_candidates is not None
-    form = default_form(run, _sample_config(args), free=free)
-    return form, bool(form) and args.tones is not False
+    form, tones = chosen_form(run, sc, args.form, args.tones, free)
+    if form and args.form and (args.lines or args.line_candidates is not None):
+        raise UserError("--lines and --line-candidates are for free lines; "
+                        f"--form {form} sets its own")
+    if form and args.coherence is not None and chained(run, sc):
+        raise UserError("--coherence sets the walk of a run without a poem model; this run "
+                        "draws each line's z from its poem chain (--independent walks)")
+    asked = ("--tones" if args.tones else "--coherence" if args.coherence is not None
+             else "--rhyme" if args.rhyme not in (None, "off") else None)
+    if asked and not form:
+        fits = [f for f, v in sorted(VERSE_FORMS.items()) if v.chars in run.form.lengths]
+        raise UserError(f"{asked} shapes a classical form, and these poems are free lines"
+                        + (f": add --form {' or '.join(fits)}" if fits else ""))
+    return form, tones
 
 
 def _continue(run, args):
@@ -432,7 +444,9 @@ def _continue(run, args):
     return _write_poems(continued(run, args.lines, args.num, _sample_config(args)), args.format)
 
 
-def _write_poems(stream, how):
+def _write_poems(stream, how, shown=None):
+    """Poems as they come: JSON lists of their lines, or text, each poem as ``shown``
+    makes it (poetry.couplets for a form) or line by line."""
     if how == "json":  # one JSON list of poems, written poem by poem
         sys.stdout.write("[")
         for i, poem in enumerate(stream):
@@ -440,7 +454,8 @@ def _write_poems(stream, how):
         sys.stdout.write("\n]\n")
         return 0
     for i, poem in enumerate(stream):
-        sys.stdout.write(("\n" if i else "") + "\n".join(poem) + "\n")
+        text = shown(poem) if shown else poem
+        sys.stdout.write(("\n" if i else "") + "\n".join(text) + "\n")
     return 0
 
 

@@ -92,6 +92,16 @@ def default_form(run, sc: SampleConfig, free=False):
     return "wujue" if fits else None
 
 
+def chosen_form(run, sc: SampleConfig, form=None, tones=None, free=False):
+    """(form name or None for free lines, tones) as generate.py reads --form and --tones:
+    a form named ('free': none) keeps its tones only when asked; no form, the run's
+    default_form, with its tones unless ``tones`` is False."""
+    if form:
+        return (None, False) if form == "free" else (form, bool(tones))
+    form = default_form(run, sc, free=free)
+    return form, bool(form) and tones is not False
+
+
 @torch.no_grad()
 def write_poems(run, pc: PoemConfig, n, sc: SampleConfig = SampleConfig(), batch=256):
     """Yield ``n`` poems (lists of lines) of form ``pc.form``, in batches of 1, 1, 2, 4,
@@ -102,22 +112,25 @@ def write_poems(run, pc: PoemConfig, n, sc: SampleConfig = SampleConfig(), batch
                         f"{pc.form.name}; got {len(sc.keyword_list())}")
     vt = VocabTones(run.tokenizer, pc.rhyme if pc.rhyme != "off" else "pingshui") \
         if pc.tones or pc.rhyme != "off" else None
-    if chained(run, sc):  # the poem model's lines, drawn as its free poems' are
+    poem = chained(run, sc)
+    if poem:  # the poem model's lines, drawn as its free poems' are
         sc = with_temperature(sc, "poem")
     gen = torch.Generator().manual_seed(sc.seed)
     for written, kept in batch_sizes(n, batch):
-        yield from _batch(run, pc, vt, written, sc, gen)[:kept]
+        yield from _batch(run, pc, vt, written, sc, gen, poem)[:kept]
 
 
-def _batch(run, pc, vt, P, sc, gen):
+def _batch(run, pc, vt, P, sc, gen, poem):
+    """``P`` poems of ``pc.form``; ``poem``: written by the run's poem chain and
+    poem-context refiner (else by a walk through the latent space)."""
     form, L, V = pc.form, run.max_len, len(run.tokenizer.chars)
-    noise = noise_of(sc, poem=chained(run, sc))  # ranked lines are read more loosely
+    noise = noise_of(sc, poem=poem)  # ranked lines are read more loosely
     starts = ["ze" if b else "ping" for b in torch.rand(P, generator=gen).lt(0.5).tolist()]
     patterns = [templates(form, s) for s in starts]
     rhyme = [None] * P                 # each poem's rhyme group, once chosen
     used = torch.zeros(P, V, dtype=torch.bool)  # characters the poem already has
     z_prev, lines = None, [[] for _ in range(P)]
-    chain = run.chain.first(P) if chained(run, sc) else None   # (mean, logvar, state)
+    chain = run.chain.first(P) if poem else None   # (mean, logvar, state)
     so_far = Written.start(P, L, run.model.cfg.latent)  # the lines written so far
     # Keywords go to the first lines, one each: a keyword used twice would break the
     # poem's rule of no character used twice.
