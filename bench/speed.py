@@ -302,12 +302,13 @@ def step_table(tok, max_len, data, amp, device, steps, ceil, ceil32):
     built = {name: build_step(name, tok, max_len, amp, device) for name in names}
     rows, syncs = {}, {}
     for name, (model, opt, step, bs) in built.items():
-        syncs[name] = host_syncs(step, data[:bs].to(device), device)
+        batch = data[:bs].to(device)
+        syncs[name] = host_syncs(step, batch, device)
         if name.endswith("+compile"):
             gflop = rows["default"][3]  # the same arithmetic; the counter cannot see
         else:                           # inside a compiled graph
             with FlopCounterMode(display=False) as fc:
-                step(data[:bs].to(device))
+                step(batch)
             gflop = fc.get_total_flops() / 1e9
         rows[name] = (model, opt, step, gflop)
     sec = {name: math.inf for name in names}

@@ -405,22 +405,22 @@ def _sample(run, args):
         raise UserError("--num must be at least 1 and --lines at least 0")
     if args.acrostic is not None and not args.acrostic.strip():
         raise UserError("--acrostic needs at least one character")
-    form, tones = _form_and_tones(run, args)
+    sc = _sample_config(args)
+    form, tones = _form_and_tones(run, args, sc)
     if form:
-        pc = PoemConfig(form_named(form), args.rhyme or "pingshui", tones,
-                        args.acrostic or "", PoemConfig.rho if args.coherence is None
-                        else args.coherence)
-        stream = write_poems(run, pc, args.num, _sample_config(args))
+        given = {k: v for k, v in (("rhyme", args.rhyme), ("rho", args.coherence))
+                 if v is not None}  # else PoemConfig's defaults
+        pc = PoemConfig(form_named(form), tones=tones, acrostic=args.acrostic or "", **given)
+        stream = write_poems(run, pc, args.num, sc)
     else:
         n_lines = args.lines or run.config["data"]["lines_per_poem"]
-        stream = poems(run, args.num, n_lines, _sample_config(args), heads=args.acrostic)
+        stream = poems(run, args.num, n_lines, sc, heads=args.acrostic)
     return _write_poems(stream, args.format, couplets if form else None)
 
 
-def _form_and_tones(run, args):
+def _form_and_tones(run, args, sc):
     """The form to write (None: free lines) and its tones, by poetry.chosen_form; a flag
     these poems would drop stops with one line instead."""
-    sc = _sample_config(args)
     free = bool(args.lines) or args.acrostic is not None or args.line_candidates is not None
     form, tones = chosen_form(run, sc, args.form, args.tones, free)
     if form and args.form and (args.lines or args.line_candidates is not None):
