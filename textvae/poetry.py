@@ -11,10 +11,12 @@ A poem is written line by line, all poems of a batch at once:
      of a rhyming line, the acrostic character first; and no character the poem has
      used already (real quatrains share 0.014 of their characters between neighbouring
      lines, independent lines of ours 0.036: repeats read as a fault);
-  3. of ``candidates`` steps of the walk, the one under which the fan-out heads put the
-     most probability on those allowed sets is kept (constraints the latent already
-     leans towards cost the least fluency), and the line is written from it by the full
-     decoding path, restricted to the allowed characters (decoding.write_lines).
+  3. with a chain, each of ``candidates`` draws is written by the full decoding path,
+     restricted to the allowed characters (decoding.write_lines), and the line the
+     chain's scores rank first is kept (poem.line_scores); without one, of
+     ``candidates`` steps of the walk, the one under which the fan-out heads put the
+     most probability on those allowed sets is written (constraints the latent already
+     leans towards cost the least fluency).
 The rhyme group is the one the first rhyming line happens to end in.
 """
 import math
@@ -26,7 +28,7 @@ from .errors import UserError
 from .decoding import SampleConfig, noise_of, pick_z, texts, with_temperature, write_lines
 from .context import Written
 from .poem import best_lines, drawn, read_on
-from .sampling import batch_sizes, chained, keyword_ids, place_keywords, prior_z
+from .sampling import LINES_A_BATCH, batch_sizes, chained, keyword_ids, place_keywords, prior_z
 from .prosody import PING, RHYMES, ZE, VerseForm, faultless, key_positions, table, templates
 from .tokenizer import PAD
 
@@ -40,7 +42,8 @@ class PoemConfig:
     rho: float = 0.1          # how much of its latent a line shares with the line before
                               # (measured: real quatrains' neighbouring lines, encoded,
                               # have mean cosine 0.05; rho 0.3 already gives 0.20)
-    candidates: int = 64      # walk steps tried per line
+    candidates: int = 64      # z tried per line: chain draws, each written (the best
+                              # line kept), or walk steps (the best by the heads written)
 
     def __post_init__(self):
         if self.rhyme not in RHYMES:
@@ -105,7 +108,8 @@ def chosen_form(run, sc: SampleConfig, form=None, tones=None, free=False):
 @torch.no_grad()
 def write_poems(run, pc: PoemConfig, n, sc: SampleConfig = SampleConfig(), batch=256):
     """Yield ``n`` poems (lists of lines) of form ``pc.form``, in batches of 1, 1, 2, 4,
-    ... up to ``batch`` (sampling.batch_sizes: the first prints at once)."""
+    ... up to ``batch``, fewer where the chain's candidates would make more than 4,096
+    lines a batch (sampling.batch_sizes: the first prints at once)."""
     _check_run(run, pc.form)
     if len(sc.keyword_list()) > pc.form.lines:
         raise UserError(f"--keywords: at most one per line, {pc.form.lines} for "
@@ -115,6 +119,7 @@ def write_poems(run, pc: PoemConfig, n, sc: SampleConfig = SampleConfig(), batch
     poem = chained(run, sc)
     if poem:  # the poem model's lines, drawn as its free poems' are
         sc = with_temperature(sc, "poem")
+        batch = min(batch, max(1, LINES_A_BATCH // pc.candidates))
     gen = torch.Generator().manual_seed(sc.seed)
     for written, kept in batch_sizes(n, batch):
         yield from _batch(run, pc, vt, written, sc, gen, poem)[:kept]
@@ -143,7 +148,9 @@ def _batch(run, pc, vt, P, sc, gen, poem):
         if pc.acrostic:
             given[:, 0] = run.tokenizer.encode(pc.acrostic[i], allow_unk=False)[0]
         kw = keywords[i].expand(P) if keywords is not None else None
-        R = min(RERANKED, pc.candidates) if chain is not None else 1
+        # On a chain run every candidate is written and the best by poem.line_scores kept,
+        # as in free poems: all 64 read better than the 16 the heads liked best (poems.md).
+        R = pc.candidates if chain is not None else 1
         z, given = _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw, chain, R)
         ids = write_lines(run, z.flatten(0, 1), noise, sc, gen=gen,
                           given=given.repeat_interleave(R, 0),
@@ -188,10 +195,6 @@ def _constrain(allowed, pc, vt, pattern, rhyming, group, used):
         fresh = allowed[j] & ~used
         allowed[j] = fresh if fresh.any() else allowed[j] if allowed[j].any() else True
 
-
-# On a run with a poem chain, lines written for each line of a form, the one the chain's
-# scores rank first kept (poem.line_scores), as generate.py's free poems are.
-RERANKED = 16
 
 
 def _best_written(run, z, ids, context):

@@ -114,7 +114,11 @@ def continued(run, first, n_poems, sc: SampleConfig = SampleConfig()):
                              first=first)
 
 
-def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=(), lines_a_batch=4096):
+# Candidate lines the poem writers keep in memory at once (a poem's K candidates each).
+LINES_A_BATCH = 4096
+
+
+def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=(), lines_a_batch=LINES_A_BATCH):
     """The chain's poems, as many at a time as keep ``lines_a_batch`` candidate lines."""
     for todo, kept in batch_sizes(n_poems, max(1, lines_a_batch // sc.line_candidates)):
         yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first)[:kept]
