@@ -90,10 +90,11 @@ def compute_section(runs, panels):
     panels' scores of the poems it wrote (a panel system read from the run's folder)."""
     out = ["## Quality against compute\n",
            "Each run made by `train.py` on this machine with the settings shown; reader "
-           "scores are coherence / fluency of its poems (wujue: the 五绝 generate.py writes "
-           "by default; free: its free four-line poems; else the form the panel names) "
-           "and the sense of its lines, from "
-           "every panel above that read this run (compare within a panel).\n",
+           "scores are coherence / fluency of its poems (wujue: the 五绝 generate.py wrote "
+           "by default when the panel was packed, each line the best of 16 written before "
+           "commit 287d654 and of all 64 since; free: its free four-line poems; else the "
+           "form the panel names) and the sense of its lines, from every panel above that "
+           "read this run (compare within a panel).\n",
            "| run | --minutes | of them the poem model | refiner | steps | context steps "
            "| IW-NLL | acc from mu | context nats (after / alone) | readers: coherence / "
            "fluency (panel) | readers: line sense (panel) |", "|" + " --- |" * 11]
@@ -101,6 +102,8 @@ def compute_section(runs, panels):
         summary = json.loads((Path(folder) / "summary.json").read_text())
         config = json.loads((Path(folder) / "config.json").read_text())
         m, ctx = config["model"], config.get("context_fit") or {}
+        extra = (config.get("context") or {}).get("extra_layers", 0)
+        more = f" (poem model +{extra})" if extra else ""
         scores = list(_panel_scores(panels, folder))
         read = [f"{r['coherence'][0]:.2f} / {r['fluency'][0]:.2f} ({Path(p).name}, {how})"
                 for p, kind, how, r in scores if kind == "poems"]
@@ -108,7 +111,7 @@ def compute_section(runs, panels):
                  for p, kind, how, r in scores if kind == "lines"]
         tc = config["train"]
         out.append(f"| `{folder}` | {tc['minutes']:g} | {tc.get('poem_minutes', 0):g} | "
-                   f"{m['refiner_layers']} x {m['refiner_dim']} | {summary['steps']:,} | "
+                   f"{m['refiner_layers']} x {m['refiner_dim']}{more} | {summary['steps']:,} | "
                    f"{ctx.get('steps', 0):,} | {summary['iw_nll']:.2f} | "
                    f"{summary['acc_mu']:.3f} | {ctx.get('valid_lm_nats', '-')} / "
                    f"{ctx.get('valid_lm_nats_alone', '-')} | {'; '.join(read) or '-'} | "
