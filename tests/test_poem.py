@@ -135,7 +135,7 @@ def test_a_poem_model_without_a_refiner_is_refused_before_training(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_candidate_pays_for_characters_of_the_lines_before_and_a_third_numeral():
+def test_a_candidate_pays_for_echoes_and_numerals_past_the_poems_second_or_its_own_first():
     from types import SimpleNamespace
     from textvae.poem import WEIGHTS, faults
     chars = "<pad> <unk> <s> </s> 山 水 月 一 三 十 风".split()
@@ -151,9 +151,12 @@ def test_a_candidate_pays_for_characters_of_the_lines_before_and_a_third_numeral
     two = ids("一 十 月 <pad> <pad>")
     assert faults(run, ids("风 三 风 风 风"), ids("山 一 <pad> <pad> <pad>")).item() == 0
     assert faults(run, ids("风 三 风 风 风"), two).item() == WEIGHTS["numerals"]
-    assert faults(run, ids("三 十 风 风 风"), ids("山 水 <pad> <pad> <pad>")).item() == 0
+    # A numeral beyond a line's first costs as one beyond the poem's second (三千里 was the
+    # first line of a quarter of the 五绝 when only the poem's were counted).
+    assert faults(run, ids("三 十 风 风 风"), ids("山 水 <pad> <pad> <pad>")).item() == \
+        WEIGHTS["numerals"]
     three = ids("三 十 一 风 风")
-    assert faults(run, three, ids("山 水 <pad> <pad> <pad>")).item() == WEIGHTS["numerals"]
+    assert faults(run, three, ids("山 水 <pad> <pad> <pad>")).item() == 3 * WEIGHTS["numerals"]
 
 
 def test_the_poem_models_lines_are_read_at_0_8_and_lines_alone_at_0_5(chained_run,
