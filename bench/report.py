@@ -103,7 +103,7 @@ def compute_section(runs, panels):
         config = json.loads((Path(folder) / "config.json").read_text())
         m, ctx = config["model"], config.get("context_fit") or {}
         extra = (config.get("context") or {}).get("extra_layers", 0)
-        more = f" (poem model +{extra})" if extra else ""
+        more = f" (+{extra} poem-model layers)" if extra else ""
         scores = list(_panel_scores(panels, folder))
         read = [f"{r['coherence'][0]:.2f} / {r['fluency'][0]:.2f} ({Path(p).name}, {how})"
                 for p, kind, how, r in scores if kind == "poems"]
@@ -184,12 +184,25 @@ def poems_section(path):
 def speed_section(path):
     """bench/speed.py's output as it printed it (`python bench/speed.py > FILE`)."""
     text = Path(path).read_text(encoding="utf-8").strip()
-    return (f"## Speed: `python bench/speed.py ... > {path}`\n\n"
+    return (f"## Speed: `python bench/speed.py ... > {path}`\n\n{_saved_when(path)} "
             "The step's GFLOP/s beside this machine's matrix-product ceiling measured in "
             "the same run; writing lines in-process with the cached refiner beside the "
             "full-pass algorithm it replaced (both write the same lines); generate.py as "
             "a user runs it; the previous README's figures for reference.\n\n"
             f"```text\n{text}\n```\n")
+
+
+def _saved_when(path):
+    """When a saved bench output was written, against the last commit to textvae/: an
+    older file timed code that has changed since."""
+    saved = Path(path).stat().st_mtime
+    last = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%ct %h", "--",
+                           "textvae"], capture_output=True, text=True).stdout.split()
+    when = datetime.datetime.fromtimestamp(saved).isoformat(" ", "minutes")
+    if len(last) == 2 and saved < int(last[0]):
+        return (f"Saved {when}, before textvae/ last changed (commit {last[1]}): these "
+                "figures timed the code before it; rerun the bench for today's.")
+    return f"Saved {when}, after the last change to textvae/."
 
 
 MARKERS = ("<!-- RESULTS: written by bench/report.py -->", "<!-- /RESULTS -->")

@@ -124,7 +124,8 @@ def iw_nll_per_line(model, idx, k, gen):
     mu, logvar = model.encode(idx)
     out = []
     for b in range(len(idx)):
-        z = mu[b] + (0.5 * logvar[b]).exp() * torch.randn(k, mu.shape[1], generator=gen).to(mu.device)
+        eps = torch.randn(k, mu.shape[1], generator=gen).to(mu.device)
+        z = mu[b] + (0.5 * logvar[b]).exp() * eps
         logits = model.decode(z).float()
         px = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), idx[b].expand(k, -1),
                                                 reduction="none").sum(-1)
@@ -424,8 +425,8 @@ def writing_table(run, n, ceil32):
     rows, ids = [("heads only (draft argmax)", n / heads)], {}
     for cached in (True, False):
         ids[cached], sec = timed(lambda: decoding.write_ids(
-            run.model, run.lengths, z, decoding.noise_of(sc), sc, gen=torch.Generator().manual_seed(1),
-            cached=cached), device)
+            run.model, run.lengths, z, decoding.noise_of(sc), sc,
+            gen=torch.Generator().manual_seed(1), cached=cached), device)
         rows.append((f"full path, refiner {'cached' if cached else 'full passes (before)'}",
                      n / sec))
     same = torch.equal(ids[True], ids[False])

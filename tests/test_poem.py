@@ -151,8 +151,8 @@ def test_a_candidate_pays_for_echoes_and_numerals_past_the_poems_second_or_its_o
     two = ids("一 十 月 <pad> <pad>")
     assert faults(run, ids("风 三 风 风 风"), ids("山 一 <pad> <pad> <pad>")).item() == 0
     assert faults(run, ids("风 三 风 风 风"), two).item() == WEIGHTS["numerals"]
-    # A numeral beyond a line's first costs as one beyond the poem's second (三千里 was the
-    # first line of a quarter of the 五绝 when only the poem's were counted).
+    # A numeral beyond a line's first costs as one beyond the poem's second (三千 / 三十
+    # opened a quarter of the 五绝 when only the poem's were counted).
     assert faults(run, ids("三 十 风 风 风"), ids("山 水 <pad> <pad> <pad>")).item() == \
         WEIGHTS["numerals"]
     three = ids("三 十 一 风 风")
@@ -205,6 +205,11 @@ def test_a_form_on_the_poem_model_writes_every_candidate_and_keeps_batches_small
     assert len(list(poetry.write_poems(chained_run, pc, 5, SampleConfig(seed=1)))) == 5
     # Batches of 1, 1, 2 and 2 poems (sampling.batch_sizes), 4 lines each: every candidate.
     assert sizes == [32] * 8 + [64] * 8
+
+
+def test_a_form_on_the_poem_model_keeps_rhyme_tones_and_acrostic(chained_run):
+    from .test_poetry import assert_forms_kept
+    assert_forms_kept(chained_run)   # the chain's draws, every one written and ranked
 
 
 def test_the_poem_models_lines_are_drawn_at_0_5_unless_told(chained_run, monkeypatch):

@@ -64,9 +64,14 @@ def test_the_checker_passes_a_real_quatrain():
 
 
 def test_constrained_poems_keep_form_rhyme_tones_and_acrostic(overfit_run):
+    assert_forms_kept(overfit_run)
+
+
+def assert_forms_kept(run):
+    """8 五绝 of the run with rhyme, tones and an acrostic keep all three."""
     tab, form = table("pingshui"), VERSE_FORMS["wujue"]
     pc = PoemConfig(form, rhyme="pingshui", tones=True, acrostic="白黄欲更")
-    for poem in write_poems(overfit_run, pc, 8):
+    for poem in write_poems(run, pc, 8):
         text = "\n".join(couplets(poem))
         clauses = parse(text, form)
         assert clauses is not None, text

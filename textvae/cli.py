@@ -141,8 +141,8 @@ def _interrupt(signum, frame):
 
 
 # ---------------------------------------------------------------------------------------
-COMMANDS = ("sample", "continue", "interpolate", "reconstruct", "encode", "complete", "similar", "shift",
-            "map", "evaluate", "serve")
+COMMANDS = ("sample", "continue", "interpolate", "reconstruct", "encode", "complete", "similar",
+            "shift", "map", "evaluate", "serve")
 
 
 def _lines_arg(values, file):
@@ -251,7 +251,8 @@ def generate_parser():
     s.add_argument("--split", choices=("test", "valid", "train"), default="test")
     s.add_argument("--iw-samples", type=int, default=500, help="k of the IW-NLL (0 skips)")
     s.add_argument("--num-samples", type=int, default=1000, help="prior samples judged")
-    s.add_argument("--max-lines", type=int, default=0, help="evaluate N random lines of the split (0: all)")
+    s.add_argument("--max-lines", type=int, default=0,
+                   help="evaluate N random lines of the split (0: all)")
     s.add_argument("--plot", action="store_true",
                    help="also draw eval.png: KL per latent dimension, samples against real lines")
     s = _common(sub.add_parser("serve", help="a local web page to play with the run"))

@@ -41,7 +41,8 @@ class ContextConfig(Saved):
     extra_layers: int = 0  # Transformer layers above the line refiner's, each the identity
                            # at first: capacity for the poem that the line model lacks
     dropout: float = 0.0   # in its Transformer while it is fitted: none, as the fit is short
-                           # (fitted 200 s: a held-out line 30.12-30.21 nats without, 30.55-30.88 with 0.1)
+                           # (fitted 200 s: a held-out line 30.12-30.21 nats without,
+                           # 30.55-30.88 with 0.1)
 
 
 class ContextRefiner(nn.Module):

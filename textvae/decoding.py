@@ -81,7 +81,7 @@ class SampleConfig:
 
 # The default temperature of a run whose positions hold characters, or word pieces: a
 # piece holds more of a line, so a cold draw copies whole training lines more often
-# (docs/model.md). A line of a poem the poem model writes and ranks (free poems,
+# (docs/model.md). A line of a poem the poem model writes and ranks (free poems, forms,
 # continue) is the best of many candidates, so a colder draw costs little variety, and
 # blind readers found those poems more fluent and coherent at 0.5 (docs/poems.md).
 TEMPERATURE = {"chars": 0.7, "pieces": 0.8, "poem": 0.5}
@@ -179,8 +179,8 @@ def write_lines(run, z, noise, sc: SampleConfig = SampleConfig(), given=None, ge
     refiner: optional, what writes in the line refiner's place (context.InPoem: the
     next line of poems, the lines before in view).
     """
-    return write_ids(run.model, run.lengths, z, noise, for_run(run, sc), given, gen, allowed, gumbel,
-                     prefer, refiner=refiner)
+    return write_ids(run.model, run.lengths, z, noise, for_run(run, sc), given, gen, allowed,
+                     gumbel, prefer, refiner=refiner)
 
 
 @torch.no_grad()
@@ -360,11 +360,10 @@ def given_z(run, lines, allow_unk=False, sc: SampleConfig = SampleConfig()):
 
 
 @torch.no_grad()
-def pick_z(run, z, given, allowed=None, budget=2 ** 24, top=1):
-    """For each row of candidates z (P, C, D), the one under which the heads give the
-    most log-probability to the given characters (given (P, L), -1 = free) and, with
-    ``allowed`` (P, L, V), to the allowed set of every free position; with ``top`` > 1,
-    the ``top`` best (P, top, D), best first. Rows are scored a
+def pick_z(run, z, given, allowed=None, budget=2 ** 24):
+    """For each row of candidates z (P, C, D), the one (P, D) under which the heads give
+    the most log-probability to the given characters (given (P, L), -1 = free) and, with
+    ``allowed`` (P, L, V), to the allowed set of every free position. Rows are scored a
     few at a time, so the (rows, C, L, V) log-probabilities stay within ``budget`` floats."""
     P, C = z.shape[:2]
     step = max(1, budget // (C * run.max_len * len(run.tokenizer.chars)))
@@ -372,11 +371,7 @@ def pick_z(run, z, given, allowed=None, budget=2 ** 24, top=1):
     for s in range(0, P, step):
         rows = slice(s, s + step)
         score = _scores(run, z[rows], given[rows], None if allowed is None else allowed[rows])
-        if top == 1:
-            best.append(z[rows][torch.arange(len(score)), score.argmax(1)])
-        else:
-            best.append(z[rows].gather(1, score.topk(top, 1).indices.unsqueeze(-1)
-                                       .expand(-1, -1, z.shape[-1])))
+        best.append(z[rows][torch.arange(len(score)), score.argmax(1)])
     return torch.cat(best)
 
 

@@ -70,7 +70,8 @@ def _mean_mu(run, spec, train, mu, complement=False):
     given = _lines_of(spec)
     if given is not None:
         with torch.no_grad():
-            return run.model.encode(encode_lines(run, given, allow_unk=True))[0].float().cpu().mean(0)
+            mu = run.model.encode(encode_lines(run, given, allow_unk=True))[0]
+            return mu.float().cpu().mean(0)
     chars = set(spec.replace(",", ""))
     hit = torch.tensor([bool(chars & set(line)) != complement for line in train])
     if not hit.any() or hit.all():

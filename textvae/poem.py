@@ -255,8 +255,8 @@ def line_lm_nats(model, ids):
 # line likely, and a poem of them reads empty), plus "assoc" times its mean association
 # (bits) with the lines before it, less "echo" nats for each of its characters the lines
 # before already hold and "numerals" nats for each numeral of the poem beyond its second
-# and each of the line beyond its first (``faults``). Chosen by blind panels and bench/poems.py (docs/poems.md); the chain's
-# own density was tried and added nothing.
+# and each of the line beyond its first (``faults``). Chosen by blind panels and
+# bench/poems.py (docs/poems.md); the chain's own density was tried and added nothing.
 WEIGHTS = {"unigram": 0.5, "assoc": 30.0, "echo": 3.0, "numerals": 4.0}
 
 # Numerals: real quatrains have three or more in 3% of poems, and a line of two or more
@@ -271,7 +271,8 @@ def faults(run, ids, before):
     """Nats (n,) taken from candidate lines ids (n, L) written after ``before`` (n, M)
     ids: each character the lines before already hold (real quatrains repeat 0.12 a
     line, ours 0.8 unchecked), each numeral of the poem beyond its second and each of
-    the line beyond its first."""
+    the line beyond its first (a numeral that is both pays twice: 三十一 opening a poem
+    costs three times the weight)."""
     w = WEIGHTS
     # <pad> fills out short lines and the other special ids are never written: no echoes.
     echo = (ids > EOS) & (ids.unsqueeze(-1) == before.unsqueeze(1)).any(-1)

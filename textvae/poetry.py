@@ -151,7 +151,7 @@ def _batch(run, pc, vt, P, sc, gen, poem):
         # On a chain run every candidate is written and the best by poem.line_scores kept,
         # as in free poems: all 64 read better than the 16 the heads liked best (poems.md).
         R = pc.candidates if chain is not None else 1
-        z, given = _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw, chain, R)
+        z, given = _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw, chain)
         ids = write_lines(run, z.flatten(0, 1), noise, sc, gen=gen,
                           given=given.repeat_interleave(R, 0),
                           allowed=allowed.repeat_interleave(R, 0),
@@ -196,7 +196,6 @@ def _constrain(allowed, pc, vt, pattern, rhyming, group, used):
         allowed[j] = fresh if fresh.any() else allowed[j] if allowed[j].any() else True
 
 
-
 def _best_written(run, z, ids, context):
     """Of the R lines ids (P R, L) written from z (P, R, D), each poem's best by
     poem.best_lines after the lines ``context`` (P, T, L) (the first where R is 1):
@@ -207,26 +206,23 @@ def _best_written(run, z, ids, context):
     return z.flatten(0, 1)[rows], ids[rows]
 
 
-def _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw=None, chain=None, top=1):
-    """The next z (P, top, D) of each poem: of ``pc.candidates`` draws from the chain's
-    (mean, logvar, state) ``chain``, or else steps of the walk, the ``top`` whose heads put
-    the most log-probability on the allowed characters and the given ones, which
-    include each poem's keyword ``kw`` (P,), if any, where the steps favour it.
-    Returns (z, given)."""
+def _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw=None, chain=None):
+    """The z (P, K, D) of each poem's next line, and the given characters. On a chain
+    run, all ``pc.candidates`` draws from the chain's (mean, logvar, state) ``chain``
+    (K of them, each written); else, of as many steps of the walk, the one (K = 1) whose
+    heads put the most log-probability on the allowed characters and the given ones,
+    which include each poem's keyword ``kw`` (P,), if any, where the steps favour it."""
     P, C = allowed.shape[0], pc.candidates
     eps = prior_z(run, P * C, gen, sc).view(P, C, -1)  # around the theme, if any
     if chain is not None:
         m, logvar, _ = chain
-        z = drawn(m, logvar, eps)
-    elif z_prev is not None:
-        z = pc.rho * z_prev.unsqueeze(1) + math.sqrt(1 - pc.rho ** 2) * eps
-    else:
-        z = eps
+        return drawn(m, logvar, eps), given
+    z = eps if z_prev is None else pc.rho * z_prev.unsqueeze(1) + math.sqrt(1 - pc.rho ** 2) * eps
     if kw is not None:
         given = place_keywords(run, z, given, kw, allowed)
-    if C <= top:
-        return z[:, :top], given
-    return pick_z(run, z, given, allowed, top=top).view(P, top, -1), given
+    if C == 1:
+        return z, given
+    return pick_z(run, z, given, allowed).unsqueeze(1), given
 
 
 def couplets(poem):

@@ -261,8 +261,9 @@ def check_compatible(cfg: VAEConfig, tok: CharTokenizer, state, where):
             raise UserError(f"{where}: weights lack tensor {key!r}")
         got = tuple(state[key].shape)
         if any(w is not None and w != g for w, g in zip(want, got)):
+            implied = tuple(w if w is not None else g for w, g in zip(want, got))
             raise UserError(f"{where}: weights tensor {key} has shape {got} but config.json "
-                            f"implies {tuple(w if w is not None else g for w, g in zip(want, got))} "
+                            f"implies {implied} "
                             f"(vocab_size={cfg.vocab_size}, max_len={cfg.max_len}, "
                             f"latent={cfg.latent})")
 

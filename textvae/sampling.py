@@ -118,9 +118,9 @@ def continued(run, first, n_poems, sc: SampleConfig = SampleConfig()):
 LINES_A_BATCH = 4096
 
 
-def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=(), lines_a_batch=LINES_A_BATCH):
-    """The chain's poems, as many at a time as keep ``lines_a_batch`` candidate lines."""
-    for todo, kept in batch_sizes(n_poems, max(1, lines_a_batch // sc.line_candidates)):
+def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=()):
+    """The chain's poems, as many at a time as keep LINES_A_BATCH candidate lines."""
+    for todo, kept in batch_sizes(n_poems, max(1, LINES_A_BATCH // sc.line_candidates)):
         yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first)[:kept]
 
 
@@ -293,7 +293,8 @@ def place_keywords(run, z, given, kw, allowed=None, budget=2 ** 24):
     for s in range(0, P, step):
         r = slice(s, s + step)
         k = kw[r].clamp(min=0)
-        logp = torch.log_softmax(run.model.decode(z[r].flatten(0, 1).to(device_of(run))).float(), -1)
+        logits = run.model.decode(z[r].flatten(0, 1).to(device_of(run)))
+        logp = torch.log_softmax(logits.float(), -1)
         hit = logp.cpu().view(len(k), C, L, -1).gather(
             -1, k[:, None, None, None].expand(-1, C, L, 1)).squeeze(-1).amax(1)  # (n, L)
         ok = (given[r] < 0) & (kw[r] >= 0).unsqueeze(1)

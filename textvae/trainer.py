@@ -246,7 +246,8 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optim"])
-            self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
+            self.step, self.epoch = state["step"], state["epoch"]
+            self.batch_pos = state["batch_pos"]
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"{path} does not fit the run's config.json "
                             f"({str(e).strip().splitlines()[-1][:160]})") from None
