@@ -45,11 +45,15 @@ RUN_ROWS = [  # (summary key, what it is)
 ]
 
 
+def git(*args):
+    """What ``git args`` prints in this checkout, stripped ('' where git fails)."""
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def header():
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "textvae"],
-                           capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "textvae")
     import torch
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
                 .splitlines() if line.startswith("model name")), platform.processor()) \
@@ -196,8 +200,7 @@ def _saved_when(path):
     """When a saved bench output was written, against the last commit to textvae/: an
     older file timed code that has changed since."""
     saved = Path(path).stat().st_mtime
-    last = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%ct %h", "--",
-                           "textvae"], capture_output=True, text=True).stdout.split()
+    last = git("log", "-1", "--format=%ct %h", "--", "textvae").split()
     when = datetime.datetime.fromtimestamp(saved).isoformat(" ", "minutes")
     if len(last) == 2 and saved < int(last[0]):
         return (f"Saved {when}, before textvae/ last changed (commit {last[1]}): these "

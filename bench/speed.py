@@ -301,7 +301,7 @@ def step_table(tok, max_len, data, amp, device, steps, ceil, ceil32):
     names = ("default", "default+compile", "su2018") if device.type == "cuda" else \
         ("default", "default+before", "su2018")
     built = {name: build_step(name, tok, max_len, amp, device) for name in names}
-    rows, syncs = {}, {}
+    rows, syncs, rss = {}, {}, {}
     for name, (model, opt, step, bs) in built.items():
         batch = data[:bs].to(device)
         syncs[name] = host_syncs(step, batch, device)
@@ -312,6 +312,8 @@ def step_table(tok, max_len, data, amp, device, steps, ceil, ceil32):
                 step(batch)
             gflop = fc.get_total_flops() / 1e9
         rows[name] = (model, opt, step, gflop)
+        # The process's peak so far: each config's own steps have run once by now.
+        rss[name] = peak_rss_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sec = {name: math.inf for name in names}
     for _ in range(ROUNDS):
         for name, (model, opt, step, bs) in built.items():
@@ -322,10 +324,9 @@ def step_table(tok, max_len, data, amp, device, steps, ceil, ceil32):
     for name, (model, opt, step, bs) in built.items():
         gflop, s = rows[name][3], sec[name]
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        rss = peak_rss_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{name:<16} {bs:>5} {s * 1e3:>8.1f} {bs / s:>9.0f} {gflop:>10.2f} "
               f"{gflop / s:>8.0f} {gflop / s / ceil:>10.0%} {gflop / s / ceil32:>7.0%} "
-              f"{sample_rate(model, device):>14.0f} {params:>7.2f}M {rss:>11.0f} "
+              f"{sample_rate(model, device):>14.0f} {params:>7.2f}M {rss[name]:>11.0f} "
               f"{'-' if syncs[name] is None else syncs[name]:>10}")
     print(f"(fastest of {ROUNDS} rounds of {steps} steps, the configs taken in turn; previous "
           f"README, on its CPU: default {PREVIOUS['step ms']} ms/step, "

@@ -191,7 +191,7 @@ def test_more_poems_only_add_to_the_poems_a_seed_wrote(chained_run):
 
 def test_a_form_on_the_poem_model_writes_every_candidate_and_keeps_batches_small(
         chained_run, monkeypatch):
-    from textvae import poetry
+    from textvae import poetry, sampling
     from textvae.decoding import SampleConfig
     from textvae.prosody import form_named
     real, sizes = poetry.write_lines, []
@@ -200,7 +200,7 @@ def test_a_form_on_the_poem_model_writes_every_candidate_and_keeps_batches_small
         sizes.append(len(z))
         return real(run, z, *a, **kw)
     monkeypatch.setattr(poetry, "write_lines", noting)
-    monkeypatch.setattr(poetry, "LINES_A_BATCH", 64)   # so 2 poems of 32 candidates a batch
+    monkeypatch.setattr(sampling, "LINES_A_BATCH", 64)  # so 2 poems of 32 candidates a batch
     pc = poetry.PoemConfig(form_named("wujue"), tones=True, candidates=32)
     assert len(list(poetry.write_poems(chained_run, pc, 5, SampleConfig(seed=1)))) == 5
     # Batches of 1, 1, 2 and 2 poems (sampling.batch_sizes), 4 lines each: every candidate.

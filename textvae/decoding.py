@@ -365,21 +365,30 @@ def pick_z(run, z, given, allowed=None, budget=2 ** 24):
     the most log-probability to the given characters (given (P, L), -1 = free) and, with
     ``allowed`` (P, L, V), to the allowed set of every free position. Rows are scored a
     few at a time, so the (rows, C, L, V) log-probabilities stay within ``budget`` floats."""
-    P, C = z.shape[:2]
-    step = max(1, budget // (C * run.max_len * len(run.tokenizer.chars)))
     best = []
-    for s in range(0, P, step):
-        rows = slice(s, s + step)
-        score = _scores(run, z[rows], given[rows], None if allowed is None else allowed[rows])
+    for rows, logp in heads_logp(run, z, budget):
+        score = _scores(logp, given[rows], None if allowed is None else allowed[rows])
         best.append(z[rows][torch.arange(len(score)), score.argmax(1)])
     return torch.cat(best)
 
 
-def _scores(run, z, given, allowed):
-    """(P, C) log-probabilities of ``pick_z`` for one chunk of rows."""
+@torch.no_grad()
+def heads_logp(run, z, budget=2 ** 24):
+    """(rows, logp) for the rows of candidates z (P, C, D) a few at a time: a slice of
+    rows and the heads' log-probabilities (n, C, L, V) of their z, on the CPU, each chunk
+    within ``budget`` floats."""
     P, C = z.shape[:2]
-    logp = torch.log_softmax(run.model.decode(z.flatten(0, 1).to(device_of(run))).float(), -1)
-    logp = logp.cpu().view(P, C, *logp.shape[1:])                               # (P, C, L, V)
+    step = max(1, budget // (C * run.max_len * len(run.tokenizer.chars)))
+    for s in range(0, P, step):
+        rows = slice(s, s + step)
+        logits = run.model.decode(z[rows].flatten(0, 1).to(device_of(run)))
+        yield rows, torch.log_softmax(logits.float(), -1).cpu().view(-1, C, *logits.shape[1:])
+
+
+def _scores(logp, given, allowed):
+    """(P, C) log-probabilities of ``pick_z`` for one chunk of rows, from the heads'
+    logp (P, C, L, V)."""
+    P, C = logp.shape[:2]
     hit = logp.gather(-1, given.clamp(min=0)[:, None, :, None].expand(P, C, -1, 1)).squeeze(-1)
     free = torch.zeros_like(hit) if allowed is None else \
         logp.masked_fill(~allowed.unsqueeze(1), float("-inf")).logsumexp(-1)   # (P, C, L)

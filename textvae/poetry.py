@@ -28,7 +28,7 @@ from .errors import UserError
 from .decoding import SampleConfig, noise_of, pick_z, texts, with_temperature, write_lines
 from .context import Written
 from .poem import best_lines, drawn, read_on
-from .sampling import LINES_A_BATCH, batch_sizes, chained, keyword_ids, place_keywords, prior_z
+from .sampling import batch_sizes, chained, keyword_ids, place_keywords, poems_a_batch, prior_z
 from .prosody import PING, RHYMES, ZE, VerseForm, faultless, key_positions, table, templates
 from .tokenizer import PAD
 
@@ -119,7 +119,7 @@ def write_poems(run, pc: PoemConfig, n, sc: SampleConfig = SampleConfig(), batch
     poem = chained(run, sc)
     if poem:  # the poem model's lines, drawn as its free poems' are
         sc = with_temperature(sc, "poem")
-        batch = min(batch, max(1, LINES_A_BATCH // pc.candidates))
+        batch = poems_a_batch(pc.candidates, batch)
     gen = torch.Generator().manual_seed(sc.seed)
     for written, kept in batch_sizes(n, batch):
         yield from _batch(run, pc, vt, written, sc, gen, poem)[:kept]
@@ -150,8 +150,8 @@ def _batch(run, pc, vt, P, sc, gen, poem):
         kw = keywords[i].expand(P) if keywords is not None else None
         # On a chain run every candidate is written and the best by poem.line_scores kept,
         # as in free poems: all 64 read better than the 16 the heads liked best (poems.md).
-        R = pc.candidates if chain is not None else 1
         z, given = _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw, chain)
+        R = z.shape[1]
         ids = write_lines(run, z.flatten(0, 1), noise, sc, gen=gen,
                           given=given.repeat_interleave(R, 0),
                           allowed=allowed.repeat_interleave(R, 0),

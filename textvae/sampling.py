@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from .decoding import (SampleConfig, device_of, encode_lines, gumbel_noise, given_z, noise_of,
+from .decoding import (SampleConfig, encode_lines, gumbel_noise, given_z, heads_logp, noise_of,
                        pick_z, texts, write_lines)
 from .errors import UserError
 from .poem import chain_poems
@@ -118,9 +118,15 @@ def continued(run, first, n_poems, sc: SampleConfig = SampleConfig()):
 LINES_A_BATCH = 4096
 
 
+def poems_a_batch(candidates, most=256):
+    """How many poems of ``candidates`` candidate lines a line one batch writes: at most
+    ``most``, and as many as keep LINES_A_BATCH candidate lines."""
+    return min(most, max(1, LINES_A_BATCH // candidates))
+
+
 def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=()):
     """The chain's poems, as many at a time as keep LINES_A_BATCH candidate lines."""
-    for todo, kept in batch_sizes(n_poems, max(1, LINES_A_BATCH // sc.line_candidates)):
+    for todo, kept in batch_sizes(n_poems, poems_a_batch(sc.line_candidates)):
         yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first)[:kept]
 
 
@@ -288,14 +294,11 @@ def place_keywords(run, z, given, kw, allowed=None, budget=2 ** 24):
     among positions ``allowed`` (P, L, V) permits, and before the corpus's shortest
     length (so every line, however long, keeps it). A line that keywords cannot fit
     into (no free position) is left as it is."""
-    P, C, L = *z.shape[:2], run.max_len
-    given, step = given.clone(), max(1, budget // (C * L * len(run.tokenizer.chars)))
-    for s in range(0, P, step):
-        r = slice(s, s + step)
+    C, L = z.shape[1], run.max_len
+    given = given.clone()
+    for r, logp in heads_logp(run, z, budget):
         k = kw[r].clamp(min=0)
-        logits = run.model.decode(z[r].flatten(0, 1).to(device_of(run)))
-        logp = torch.log_softmax(logits.float(), -1)
-        hit = logp.cpu().view(len(k), C, L, -1).gather(
+        hit = logp.gather(
             -1, k[:, None, None, None].expand(-1, C, L, 1)).squeeze(-1).amax(1)  # (n, L)
         ok = (given[r] < 0) & (kw[r] >= 0).unsqueeze(1)
         ok[:, min(run.form.lengths):] = False
@@ -303,5 +306,5 @@ def place_keywords(run, z, given, kw, allowed=None, budget=2 ** 24):
             ok &= allowed[r].gather(-1, k[:, None, None].expand(-1, L, 1)).squeeze(-1)
         pos = hit.masked_fill(~ok, float("-inf")).argmax(1)
         rows = torch.nonzero(ok.any(1)).squeeze(1)
-        given[s + rows, pos[rows]] = k[rows]
+        given[r.start + rows, pos[rows]] = k[rows]
     return given
