@@ -254,10 +254,12 @@ def line_lm_nats(model, ids):
 # refiner), less "unigram" times its characters' log p (frequent characters alone make a
 # line likely, and a poem of them reads empty), plus "assoc" times its mean association
 # (bits) with the lines before it, less "echo" nats for each of its characters the lines
-# before already hold and "numerals" nats for each numeral of the poem beyond its second
-# and each of the line beyond its first (``faults``). Chosen by blind panels and
-# bench/poems.py (docs/poems.md); the chain's own density was tried and added nothing.
-WEIGHTS = {"unigram": 0.5, "assoc": 30.0, "echo": 3.0, "numerals": 4.0}
+# before already hold, "numerals" nats for each numeral of the poem beyond its second
+# and each of the line beyond its first, and "particles" nats for each function
+# character of the poem beyond its third and of the line beyond its first (``faults``).
+# Chosen by blind panels and bench/poems.py (docs/poems.md); the chain's own density was
+# tried and added nothing.
+WEIGHTS = {"unigram": 0.5, "assoc": 30.0, "echo": 3.0, "numerals": 4.0, "particles": 4.0}
 
 # Numerals: real quatrains have three or more in 3% of poems, and a line of two or more
 # in 1.5% of lines; left to the language model, a poem that opens with one runs on in
@@ -266,22 +268,37 @@ WEIGHTS = {"unigram": 0.5, "assoc": 30.0, "echo": 3.0, "numerals": 4.0}
 # more where only the poem's numerals were counted, 3% with the line's too).
 NUMERALS = "一二三四五六七八九十百千万两"
 
+# Function characters (虚词: particles, negations, pronouns, question words): real
+# quatrains have 1.6 a poem and four or more in 10% of poems; a line of two or more in 7%.
+# Left to the language model, whose likeliest lines are made of them, half our poems have
+# five or more (非吾非所忘 未必以为之), and readers score those lowest.
+PARTICLES = "之乎者也矣焉哉而以于为其所不无非何亦岂乃则且犹未莫谁安宁自可得吾尔汝兮此彼若如"
+
 
 def faults(run, ids, before):
     """Nats (n,) taken from candidate lines ids (n, L) written after ``before`` (n, M)
     ids: each character the lines before already hold (real quatrains repeat 0.12 a
     line, ours 0.8 unchecked), each numeral of the poem beyond its second and each of
     the line beyond its first (a numeral that is both pays twice: 三十一 opening a poem
-    costs three times the weight)."""
+    costs three times the weight), and each function character of the poem beyond its
+    third and of the line beyond its first, counted the same way."""
     w = WEIGHTS
     # <pad> fills out short lines and the other special ids are never written: no echoes.
     echo = (ids > EOS) & (ids.unsqueeze(-1) == before.unsqueeze(1)).any(-1)
-    nums = torch.tensor([i for i in map(run.tokenizer.index.get, NUMERALS) if i is not None],
-                        dtype=torch.long, device=ids.device)
-    in_line = torch.isin(ids, nums).sum(-1)
-    count = in_line + torch.isin(before, nums).sum(-1)
-    return w["echo"] * echo.sum(-1) + w["numerals"] * (
-        (count - 2).clamp(min=0) + (in_line - 1).clamp(min=0))
+    return (w["echo"] * echo.sum(-1)
+            + w["numerals"] * _beyond(run, NUMERALS, ids, before, poem=2, line=1)
+            + w["particles"] * _beyond(run, PARTICLES, ids, before, poem=3, line=1))
+
+
+def _beyond(run, chars, ids, before, poem, line):
+    """(n,) how many of ``chars`` the lines ids (n, L) hold beyond the ``poem`` first of
+    their poem (with the lines ``before`` (n, M)) plus those beyond the line's first
+    ``line``."""
+    known = [i for i in map(run.tokenizer.index.get, chars) if i is not None]
+    these = torch.tensor(known, dtype=torch.long, device=ids.device)
+    in_line = torch.isin(ids, these).sum(-1)
+    count = in_line + torch.isin(before, these).sum(-1)
+    return (count - poem).clamp(min=0) + (in_line - line).clamp(min=0)
 
 
 def line_scores(run, ids, context):
