@@ -22,7 +22,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -152,16 +151,29 @@ def time_iw(model, data, device, n=640, k=100):
     return out
 
 
-def peak_rss_mb(pid="self"):
-    """A process's own peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux
-    carries that across fork and exec, so a child's figure starts at its parent's
-    memory (this bench's children all read 1.3 GB that way, whatever they did)."""
+def peak_rss_mb(pid="self", field="VmHWM"):
+    """A process's own peak resident memory (VmHWM; VmRSS: now), None off Linux. Not
+    getrusage's ru_maxrss: Linux carries that across fork and exec, so a child's figure
+    starts at its parent's memory (this bench's children all read 1.3 GB that way)."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as f:
             return next(int(line.split()[1]) / 1024 for line in f
-                        if line.startswith("VmHWM:"))
+                        if line.startswith(field + ":"))
     except (OSError, StopIteration):
         return None
+
+
+def own_memory_mb(make):
+    """(what ``make()`` returns, the MB of memory it added at its peak): the process's
+    peak is reset first (Linux's clear_refs), so configs built earlier do not count."""
+    before = peak_rss_mb(field="VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        before = None
+    out = make()
+    return out, None if before is None else peak_rss_mb() - before
 
 
 def time_generation(run, num, device, extra=()):
@@ -291,6 +303,22 @@ def build_step(name, tok, max_len, amp, device):
 ROUNDS = 3
 
 
+def first_steps(name, tok, max_len, amp, device, data, rows):
+    """(config ``name`` built, the GFLOP of its step) after its first step."""
+    model, opt, step, bs = built = build_step(name, tok, max_len, amp, device)
+    batch = data[:bs].to(device)
+    if name.endswith("+compile"):
+        step(batch)                     # the same arithmetic as the default's; the
+        return built, rows["default"][3]  # counter cannot see inside a compiled graph
+    with FlopCounterMode(display=False) as fc:
+        step(batch)
+    return built, fc.get_total_flops() / 1e9
+
+
+def _mb(v):
+    return "-" if v is None else f"{v:.0f}"
+
+
 def step_table(tok, max_len, data, amp, device, steps, ceil, ceil32):
     """The training step of each config: time, GFLOP/s beside the ceiling of the dtype
     it multiplies in (bf16 under autocast) and beside fp32's, sampling
@@ -300,33 +328,27 @@ def step_table(tok, max_len, data, amp, device, steps, ceil, ceil32):
     # steps compile (~30 s), which time_steps' warm-up steps absorb.
     names = ("default", "default+compile", "su2018") if device.type == "cuda" else \
         ("default", "default+before", "su2018")
-    built = {name: build_step(name, tok, max_len, amp, device) for name in names}
-    rows, syncs, rss = {}, {}, {}
-    for name, (model, opt, step, bs) in built.items():
-        batch = data[:bs].to(device)
-        syncs[name] = host_syncs(step, batch, device)
-        if name.endswith("+compile"):
-            gflop = rows["default"][3]  # the same arithmetic; the counter cannot see
-        else:                           # inside a compiled graph
-            with FlopCounterMode(display=False) as fc:
-                step(batch)
-            gflop = fc.get_total_flops() / 1e9
+    built, rows, syncs, rss = {}, {}, {}, {}
+    for name in names:
+        # Each config's memory: its model, optimizer and first steps, built in turn.
+        (built[name], gflop), rss[name] = own_memory_mb(
+            lambda: first_steps(name, tok, max_len, amp, device, data, rows))
+        model, opt, step, bs = built[name]
+        syncs[name] = host_syncs(step, data[:bs].to(device), device)
         rows[name] = (model, opt, step, gflop)
-        # The process's peak so far: each config's own steps have run once by now.
-        rss[name] = peak_rss_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sec = {name: math.inf for name in names}
     for _ in range(ROUNDS):
         for name, (model, opt, step, bs) in built.items():
             sec[name] = min(sec[name], time_steps(step, data, bs, steps, device))
     print(f"{'config':<16} {'batch':>5} {'ms/step':>8} {'lines/s':>9} {'GFLOP/step':>10} "
           f"{'GFLOP/s':>8} {'of ceiling':>10} {'of fp32':>7} {'sample lines/s':>14} "
-          f"{'params':>8} {'peak RSS MB':>11} {'syncs/step':>10}")
+          f"{'params':>8} {'own RSS MB':>11} {'syncs/step':>10}")
     for name, (model, opt, step, bs) in built.items():
         gflop, s = rows[name][3], sec[name]
         params = sum(p.numel() for p in model.parameters()) / 1e6
         print(f"{name:<16} {bs:>5} {s * 1e3:>8.1f} {bs / s:>9.0f} {gflop:>10.2f} "
               f"{gflop / s:>8.0f} {gflop / s / ceil:>10.0%} {gflop / s / ceil32:>7.0%} "
-              f"{sample_rate(model, device):>14.0f} {params:>7.2f}M {rss[name]:>11.0f} "
+              f"{sample_rate(model, device):>14.0f} {params:>7.2f}M {_mb(rss[name]):>11} "
               f"{'-' if syncs[name] is None else syncs[name]:>10}")
     print(f"(fastest of {ROUNDS} rounds of {steps} steps, the configs taken in turn; previous "
           f"README, on its CPU: default {PREVIOUS['step ms']} ms/step, "

@@ -159,24 +159,26 @@ def test_a_candidate_pays_for_echoes_and_numerals_past_the_poems_second_or_its_o
     assert faults(run, three, ids("山 水 <pad> <pad> <pad>")).item() == 3 * WEIGHTS["numerals"]
 
 
-
-def test_a_candidate_pays_for_function_characters_past_the_poems_third_or_its_own_first():
+def test_a_candidate_pays_for_function_characters_it_adds_past_the_poems_third_or_its_first():
     from types import SimpleNamespace
     from textvae.poem import WEIGHTS, faults
     chars = "<pad> <unk> <s> </s> 山 水 月 不 何 之 风".split()
     run = SimpleNamespace(tokenizer=SimpleNamespace(index={c: i for i, c in enumerate(chars)}))
 
-    def ids(text):
-        return torch.tensor([[chars.index(c) for c in text.split()]])
-    w = WEIGHTS["particles"]
+    def ids(*texts):
+        return torch.tensor([[chars.index(c) for c in t.split()] for t in texts], dtype=torch.long)
+    w, echo = WEIGHTS["particles"], WEIGHTS["echo"]
     assert w > 0
-    assert faults(run, ids("风 不 山 水 月"), ids("何 之 <pad> <pad> <pad>")).item() == 0
-    assert faults(run, ids("风 不 山 水 月"), ids("何 之 何 <pad> <pad>")).item() == w
-    # Two in one line cost one weight even early in the poem (非吾非所忘 未必以为之).
-    assert faults(run, ids("不 何 山 水 月"), ids("风 风 <pad> <pad> <pad>")).item() == w
-    assert faults(run, ids("不 何 之 水 月"), ids("风 风 <pad> <pad> <pad>")).item() == 2 * w
-    assert faults(run, ids("不 何 之 水 月"), ids("风 之 <pad> <pad> <pad>")).item() == \
-        3 * w + WEIGHTS["echo"]
+    lines = ids("风 不 山 水 月", "风 不 山 水 月", "不 何 山 水 月", "不 何 之 水 月",
+                "不 何 之 水 月", "风 不 山 水 月")
+    before = ids("何 之 <pad> <pad> <pad>", "何 之 何 <pad> <pad>", "风 风 <pad> <pad> <pad>",
+                 "风 风 <pad> <pad> <pad>", "风 之 <pad> <pad> <pad>", "何 之 何 之 <pad>")
+    # Two in one line cost one weight even early in the poem (非吾非所忘 未必以为之); an
+    # excess the lines before already had is not charged again (the last row).
+    assert faults(run, lines, before).tolist() == [0, w, w, 2 * w, 3 * w + echo, w]
+    first = faults(run, ids("不 何 之 水 月", "风 山 水 月 不"), torch.zeros(2, 0, dtype=torch.long))
+    assert first.tolist() == [2 * w, 0]
+
 
 def test_the_poem_models_lines_are_read_at_0_8_and_lines_alone_at_0_5(chained_run,
                                                                       monkeypatch):

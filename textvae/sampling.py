@@ -87,7 +87,7 @@ def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads
         lines_per_poem = len(acrostic_patterns(run, heads))
     gen = torch.Generator().manual_seed(sc.seed)
     if chained(run, sc, heads):
-        yield from _chain_stream(run, n_poems, sc, gen, lines_per_poem)
+        yield from _chain_stream(run, n_poems, sc, gen, lines_per_poem, batch=batch)
         return
     for todo, kept in batch_sizes(n_poems, batch):
         lines = _new_lines(run, todo * lines_per_poem, sc, gen, heads)
@@ -118,15 +118,15 @@ def continued(run, first, n_poems, sc: SampleConfig = SampleConfig()):
 LINES_A_BATCH = 4096
 
 
-def poems_a_batch(candidates, most=256):
-    """How many poems of ``candidates`` candidate lines a line one batch writes: at most
-    ``most``, and as many as keep LINES_A_BATCH candidate lines."""
+def poems_a_batch(candidates, most):
+    """How many poems a batch writes when each line has ``candidates`` candidates: at
+    most ``most``, and at most LINES_A_BATCH candidate lines in all."""
     return min(most, max(1, LINES_A_BATCH // candidates))
 
 
-def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=()):
-    """The chain's poems, as many at a time as keep LINES_A_BATCH candidate lines."""
-    for todo, kept in batch_sizes(n_poems, poems_a_batch(sc.line_candidates)):
+def _chain_stream(run, n_poems, sc, gen, n_lines=None, first=(), batch=256):
+    """The chain's poems, at most ``batch`` at a time and LINES_A_BATCH candidate lines."""
+    for todo, kept in batch_sizes(n_poems, poems_a_batch(sc.line_candidates, batch)):
         yield from chain_poems(run, todo, sc, gen, sc.line_candidates, n_lines, first)[:kept]
 
 
