@@ -303,13 +303,13 @@ def build_step(name, tok, max_len, amp, device):
 ROUNDS = 3
 
 
-def first_steps(name, tok, max_len, amp, device, data, rows):
+def first_steps(name, tok, max_len, amp, device, data, gflops):
     """(config ``name`` built, the GFLOP of its step) after its first step."""
     model, opt, step, bs = built = build_step(name, tok, max_len, amp, device)
     batch = data[:bs].to(device)
     if name.endswith("+compile"):
-        step(batch)                     # the same arithmetic as the default's; the
-        return built, rows["default"][3]  # counter cannot see inside a compiled graph
+        step(batch)                        # the same arithmetic as the default's; the
+        return built, gflops["default"]    # counter cannot see inside a compiled graph
     with FlopCounterMode(display=False) as fc:
         step(batch)
     return built, fc.get_total_flops() / 1e9
@@ -323,19 +323,18 @@ def step_table(tok, max_len, data, amp, device, steps, ceil, ceil32):
     """The training step of each config: time, GFLOP/s beside the ceiling of the dtype
     it multiplies in (bf16 under autocast) and beside fp32's, sampling
     speed of the heads, parameters, memory, host syncs. Returns name -> (model, opt,
-    step, GFLOP)."""
+    step, batch)."""
     # The compiled step is what `train.py` runs on a GPU (--compile auto); its first
     # steps compile (~30 s), which time_steps' warm-up steps absorb.
     names = ("default", "default+compile", "su2018") if device.type == "cuda" else \
         ("default", "default+before", "su2018")
-    built, rows, syncs, rss = {}, {}, {}, {}
+    built, gflops, syncs, rss = {}, {}, {}, {}
     for name in names:
         # Each config's memory: its model, optimizer and first steps, built in turn.
-        (built[name], gflop), rss[name] = own_memory_mb(
-            lambda: first_steps(name, tok, max_len, amp, device, data, rows))
+        (built[name], gflops[name]), rss[name] = own_memory_mb(
+            lambda: first_steps(name, tok, max_len, amp, device, data, gflops))
         model, opt, step, bs = built[name]
         syncs[name] = host_syncs(step, data[:bs].to(device), device)
-        rows[name] = (model, opt, step, gflop)
     sec = {name: math.inf for name in names}
     for _ in range(ROUNDS):
         for name, (model, opt, step, bs) in built.items():
@@ -344,7 +343,7 @@ def step_table(tok, max_len, data, amp, device, steps, ceil, ceil32):
           f"{'GFLOP/s':>8} {'of ceiling':>10} {'of fp32':>7} {'sample lines/s':>14} "
           f"{'params':>8} {'own RSS MB':>11} {'syncs/step':>10}")
     for name, (model, opt, step, bs) in built.items():
-        gflop, s = rows[name][3], sec[name]
+        gflop, s = gflops[name], sec[name]
         params = sum(p.numel() for p in model.parameters()) / 1e6
         print(f"{name:<16} {bs:>5} {s * 1e3:>8.1f} {bs / s:>9.0f} {gflop:>10.2f} "
               f"{gflop / s:>8.0f} {gflop / s / ceil:>10.0%} {gflop / s / ceil32:>7.0%} "
@@ -353,7 +352,7 @@ def step_table(tok, max_len, data, amp, device, steps, ceil, ceil32):
     print(f"(fastest of {ROUNDS} rounds of {steps} steps, the configs taken in turn; previous "
           f"README, on its CPU: default {PREVIOUS['step ms']} ms/step, "
           f"{PREVIOUS['of ceiling']:.0%} of the fp32 ceiling)")
-    return rows
+    return built
 
 
 @torch.no_grad()
@@ -401,12 +400,12 @@ def main():
     print(f"matrix-product ceiling (2048^3): fp32 {ceil32:.0f} GFLOP/s, bf16 "
           f"{'emulated, not timed' if emulated else f'{ceil16:.0f} GFLOP/s'}\n")
 
-    rows = step_table(tok, corpus.max_chars, data, amp, device, args.steps,
-                      ceil16 if amp else ceil32, ceil32)
-    fastest = "default+compile" if "default+compile" in rows else "default"
+    built = step_table(tok, corpus.max_chars, data, amp, device, args.steps,
+                       ceil16 if amp else ceil32, ceil32)
+    fastest = "default+compile" if "default+compile" in built else "default"
     print(f"\nstep time against batch size ({fastest})")
     print(f"{'batch':>6} {'ms/step':>8} {'lines/s':>9}")
-    _, _, step, _ = rows[fastest]
+    _, _, step, _ = built[fastest]
     for bs in (32, 64) if args.smoke else (32, 64, 128, 256, 512, 1024):
         sec = time_steps(step, data, bs, max(1 if args.smoke else 5, args.steps // 2), device)
         print(f"{bs:>6} {sec * 1e3:>8.1f} {bs / sec:>9.0f}")
@@ -415,7 +414,7 @@ def main():
 
     n, k = (64, 10) if args.smoke else (640, 100)
     print(f"\nIW-NLL, k = {k}, {n} lines in batches of 64 (default config)")
-    loop, batched = time_iw(rows["default"][0], data, device, n, k)
+    loop, batched = time_iw(built["default"][0], data, device, n, k)
     print(f"per-line loop (first wave) {loop * 1e3:7.2f} ms/line\n"
           f"batched                    {batched * 1e3:7.2f} ms/line   {loop / batched:.1f}x")
 

@@ -135,14 +135,21 @@ def test_a_poem_model_without_a_refiner_is_refused_before_training(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_candidate_pays_for_echoes_and_numerals_past_the_poems_second_or_its_own_first():
+def toy_vocab(chars):
+    """A stand-in run with a vocabulary of the special ids and ``chars``, and ids(*lines)
+    -> (n, L) ids of space-separated lines, for poem.faults."""
     from types import SimpleNamespace
-    from textvae.poem import WEIGHTS, faults
-    chars = "<pad> <unk> <s> </s> 山 水 月 一 三 十 风".split()
+    chars = "<pad> <unk> <s> </s>".split() + chars.split()
     run = SimpleNamespace(tokenizer=SimpleNamespace(index={c: i for i, c in enumerate(chars)}))
 
-    def ids(text):
-        return torch.tensor([[chars.index(c) for c in text.split()]])
+    def ids(*lines):
+        return torch.tensor([[chars.index(c) for c in t.split()] for t in lines], dtype=torch.long)
+    return run, ids
+
+
+def test_a_candidate_pays_for_echoes_and_numerals_past_the_poems_second_or_its_own_first():
+    from textvae.poem import WEIGHTS, faults
+    run, ids = toy_vocab("山 水 月 一 三 十 风")
     before = ids("山 水 月 <pad> <pad>")
     assert faults(run, ids("风 风 风 <pad> <pad>"), before).item() == 0       # <pad> is no echo
     assert faults(run, ids("风 山 风 风 风"), before).item() == WEIGHTS["echo"]
@@ -160,13 +167,8 @@ def test_a_candidate_pays_for_echoes_and_numerals_past_the_poems_second_or_its_o
 
 
 def test_a_candidate_pays_for_function_characters_it_adds_past_the_poems_third_or_its_first():
-    from types import SimpleNamespace
     from textvae.poem import WEIGHTS, faults
-    chars = "<pad> <unk> <s> </s> 山 水 月 不 何 之 风".split()
-    run = SimpleNamespace(tokenizer=SimpleNamespace(index={c: i for i, c in enumerate(chars)}))
-
-    def ids(*texts):
-        return torch.tensor([[chars.index(c) for c in t.split()] for t in texts], dtype=torch.long)
+    run, ids = toy_vocab("山 水 月 不 何 之 风")
     w, echo = WEIGHTS["particles"], WEIGHTS["echo"]
     assert w > 0
     lines = ids("风 不 山 水 月", "风 不 山 水 月", "不 何 山 水 月", "不 何 之 水 月",
