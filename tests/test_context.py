@@ -124,6 +124,16 @@ def test_a_run_with_a_context_refiner_writes_and_continues_poems(context_run):
     assert len(context_run.poems(1, form="wujue", seed=1)[0]) == 4
 
 
+def test_poem_lines_written_a_chunk_at_a_time_see_their_own_poems(context_run, monkeypatch):
+    # Greedy, no draw shows the chunks: each chunk's lines must read their own poems'
+    # lines before (InPoem.rows), or the poems change.
+    from textvae import decoding
+    kw = dict(seed=2, line_candidates=4, temperature=0)
+    whole = context_run.poems(6, **kw)
+    monkeypatch.setattr(decoding, "CHUNK", 3)
+    assert context_run.poems(6, **kw) == whole
+
+
 def test_a_candidate_is_scored_after_every_line_before_it_the_refiner_has_rows_for(context_run):
     from textvae.poem import WEIGHTS, association_bits, faults, line_scores
     run = context_run

@@ -121,6 +121,16 @@ def test_a_draw_follows_the_softmax_at_its_temperature_and_top_k():
         freq = torch.bincount(drawn, minlength=3).float() / len(drawn)
         assert torch.allclose(freq, expected, atol=0.01), (sc, freq, expected)
     assert (decoding.choose(logits, SampleConfig(temperature=0)) == 0).all()
+    banned = torch.tensor([[float("-inf"), 3.0, float("-inf")]]).expand(40000, 3)
+    assert (decoding.choose(banned, SampleConfig(temperature=0.5), gen) == 1).all()
+    # More entries than get noise of their own (decoding.NEAR): a quarter of the mass
+    # lies past the 16 likeliest, drawn as one entry and then among themselves.
+    wide = torch.linspace(0.0, -3.0, 40).expand(100000, 40)
+    drawn = decoding.choose(wide, SampleConfig(temperature=1.0), gen)
+    freq = torch.bincount(drawn, minlength=40).float() / len(drawn)
+    expected = torch.softmax(wide[0], 0)
+    assert expected[decoding.NEAR:].sum() > 0.2
+    assert torch.allclose(freq, expected, atol=0.004), (freq - expected).abs().max()
 
 
 def test_an_interpolation_shares_its_draws_so_equal_points_write_equal_lines(overfit_run):
@@ -184,6 +194,25 @@ def test_the_cached_refiner_writes_what_full_passes_write(overfit_run):
                                   gen=torch.Generator().manual_seed(2), **case)
                for cached in (False, True)]
         assert torch.equal(ids[0], ids[1]), sc
+
+
+def test_lines_written_a_chunk_at_a_time_are_the_lines_written_at_once(overfit_run):
+    # Where no draw takes numbers from a generator (greedy, or a path's given noise) the
+    # chunks cannot show: each argument with one row a line is cut to the chunk's lines.
+    run, V, L = overfit_run, overfit_run.model.cfg.vocab_size, 5
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(100, run.model.cfg.latent, generator=gen)
+    given = torch.full((100, L), -1)
+    given[::3, 2] = run.tokenizer.index["山"]
+    cases = [dict(sc=SampleConfig(keep=1.0, temperature=0), noise=torch.rand(100, generator=gen),
+                  given=given, allowed=torch.rand(100, L, V, generator=gen) < 0.7),
+             dict(sc=SampleConfig(keep=1.0, stay=2.0), noise=0.7,
+                  gumbel=torch.rand(100, L, V, generator=gen).log().neg().log().neg(),
+                  prefer=torch.randint(0, V, (100, L), generator=gen))]
+    for case in cases:
+        ids = [decoding.write_ids(run.model, run.lengths, z, chunk=chunk, **case)
+               for chunk in (37, 100)]
+        assert torch.equal(ids[0], ids[1]), case["sc"]
 
 
 def test_refiner_steps_give_the_logits_of_a_whole_pass(overfit_run):

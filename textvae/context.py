@@ -114,6 +114,11 @@ class InPoem:
         self.cref, self.cache, self.row, self.last = cref, cache, row, last
         self.start_id, self.out = cref.ref.start_id, cref.ref.out
 
+    def rows(self, s):
+        """The writer of the lines s (a slice) only."""
+        return InPoem(self.cref, [None if kv is None else (kv[0][s], kv[1][s])
+                                  for kv in self.cache], self.row, self.last[s])
+
     def start(self, z, noise):
         c = self.cref.heads(z, noise, self.last.to(z.device), self.row)
         return self.cref.ref._advance(c.unsqueeze(1), self.cache)[1]
