@@ -437,11 +437,11 @@ def timed(fn, device):
 def writing_table(run, n, ceil32):
     """Lines/s of writing ``n`` prior samples in-process: the heads alone, the full path
     (heads' draft, refiner), that path with the refiner recomputing the whole line at
-    every pass (its lines must be the same), the algorithm before (full passes, each
-    draw a Gumbel-max over V numbers, every line at once), and the default poems' lines
-    (each the best of 64 candidates) cached and before. Then the full path's FLOPs a line
-    and the lines/s the fp32 ceiling ``ceil32`` would allow them: what no faster code of
-    the same arithmetic can pass."""
+    every pass (its lines must be the same), both with the draw before (a Gumbel-max
+    over V numbers, every line in one batch: the code before the draw, and before the
+    cache), and the default poems' lines now and with the draw before. Then the
+    speed-ups, the full path's FLOPs a line and the lines/s the fp32 ceiling ``ceil32``
+    would allow them: what no faster code of the same arithmetic can pass."""
     sc, device = for_run(run, SampleConfig()), decoding.device_of(run)
     z = torch.randn(n, run.model.cfg.latent, generator=torch.Generator().manual_seed(0))
 
@@ -453,11 +453,12 @@ def writing_table(run, n, ceil32):
                  lambda: run.model.decode(z.to(device)).argmax(-1)),
              "full path, refiner cached": write(),
              "full path, refiner full passes": write(cached=False),
-             "full path, the algorithm before": write(cached=False, chunk=n)}
+             "cached, the draw before, one batch": write(chunk=n),
+             "full passes, the draw before, one batch": write(cached=False, chunk=n)}
     best, ids = {}, {}
     for _ in range(3):  # the fastest of 3 rounds, the paths taken in turn
         for name, fn in paths.items():
-            with algorithm_before() if name.endswith("before") else contextlib.nullcontext():
+            with draw_before() if "draw before" in name else contextlib.nullcontext():
                 ids[name], sec = timed(fn, device)
             best[name] = min(best.get(name, sec), sec)
     rows = [(name, n / sec) for name, sec in best.items()]
@@ -472,8 +473,9 @@ def writing_table(run, n, ceil32):
     for name, rate in rows:
         print(f"{name:<44} {rate:>9.0f}")
     base = dict(rows)
-    print(f"{'full path speed-up over the algorithm before':<44} "
-          f"{base[rows[1][0]] / base[rows[3][0]]:>8.1f}x")
+    for before, what in ((3, "cached before"), (4, "full passes before")):
+        print(f"{'full path speed-up over ' + what:<44} "
+              f"{base[rows[1][0]] / base[rows[before][0]]:>8.1f}x")
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         decoding.write_ids(run.model, run.lengths, z[:256], decoding.noise_of(sc), sc,
                            gen=torch.Generator().manual_seed(1))
@@ -483,10 +485,11 @@ def writing_table(run, n, ceil32):
 
 
 @contextlib.contextmanager
-def algorithm_before():
+def draw_before():
     """Draws as they were before (``decoding.draw_one``'s Gumbel-max over V numbers a
-    row), kept here to time against; with ``cached=False`` and one chunk for every line,
-    write_ids is then the algorithm before, character for character."""
+    row), kept here to time against; with one chunk for every line, write_ids then
+    writes the characters the code before wrote (with ``cached=False``, the code before
+    the refiner's cache: the speed issue's baseline)."""
     real = decoding.draw_one
     decoding.draw_one = lambda logits, gen=None: (
         logits + decoding.gumbel_noise(logits.shape, gen).to(logits.device)).argmax(-1)
@@ -497,20 +500,20 @@ def algorithm_before():
 
 
 def poem_rows(run, sc, n_poems, device):
-    """The default poems' lines/s (64 candidates a line): now, and by the algorithm
-    before (full passes, Gumbel-max draws, all of a batch's candidates at once)."""
+    """The default poems' lines/s (64 candidates a line): now, and with the draw before
+    and all of a batch's candidates at once (full passes cannot write them: the poem
+    refiner exists only as a cached writer)."""
     out, real = [], decoding.write_ids
-    for cached in (True, False):
-        decoding.write_ids = lambda *a, **k: real(*a, **k, cached=cached,
-                                                  chunk=None if cached else 2 ** 30)
+    for now in (True, False):
+        decoding.write_ids = lambda *a, **k: real(*a, **k, chunk=None if now else 2 ** 30)
         try:
-            with (contextlib.nullcontext() if cached else algorithm_before()):
+            with contextlib.nullcontext() if now else draw_before():
                 _, sec = timed(lambda: poem.chain_poems(run, n_poems, sc,
                                                         torch.Generator().manual_seed(2), 64),
                                device)
         finally:
             decoding.write_ids = real
-        out.append((f"poems, 64 candidates a line, {'cached' if cached else 'before'}",
+        out.append((f"poems, 64 candidates a line, {'now' if now else 'the draw before'}",
                     n_poems * run.chain.cfg.lines / sec))
     return out
 

@@ -131,6 +131,14 @@ def test_a_draw_follows_the_softmax_at_its_temperature_and_top_k():
     expected = torch.softmax(wide[0], 0)
     assert expected[decoding.NEAR:].sum() > 0.2
     assert torch.allclose(freq, expected, atol=0.004), (freq - expected).abs().max()
+    # Fewer allowed than get noise, at large logits (a form's few characters, a low
+    # temperature): no mass may be left to the banned rest, or <pad> (id 0) wins.
+    row = torch.full((64,), float("-inf"))
+    row[[1, 5, 7, 8, 9, 12, 21, 26, 54, 57]] = torch.tensor(
+        [2004.9188, 1998.7437, 2000.7097, 2010.1497, 2001.1389, 2001.0519, 1993.3916,
+         2002.0026, 1998.4917, 2001.6888])
+    drawn = decoding.choose(row.expand(200000, 64), SampleConfig(temperature=1.0), gen)
+    assert torch.isfinite(row[drawn]).all()
 
 
 def test_an_interpolation_shares_its_draws_so_equal_points_write_equal_lines(overfit_run):
@@ -206,7 +214,7 @@ def test_lines_written_a_chunk_at_a_time_are_the_lines_written_at_once(overfit_r
     given[::3, 2] = run.tokenizer.index["山"]
     cases = [dict(sc=SampleConfig(keep=1.0, temperature=0), noise=torch.rand(100, generator=gen),
                   given=given, allowed=torch.rand(100, L, V, generator=gen) < 0.7),
-             dict(sc=SampleConfig(keep=1.0, stay=2.0), noise=0.7,
+             dict(sc=SampleConfig(keep=1.0, stay=2.0), noise=torch.tensor([0.7]),
                   gumbel=torch.rand(100, L, V, generator=gen).log().neg().log().neg(),
                   prefer=torch.randint(0, V, (100, L), generator=gen))]
     for case in cases:

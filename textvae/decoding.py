@@ -148,20 +148,24 @@ def draw_one(logits, gen=None):
     them. V numbers a row were a fifth of writing a line: the CPU generator makes them
     one at a time. Unlike one uniform number placed in the running sum of
     probabilities, a tiny change in the logits (the cached and the full-pass refiner's
-    float rounding) almost never changes the draw."""
+    float rounding) almost never changes the draw; where it flips whether the rest wins,
+    the numbers drawn after it shift, so later lines of the batch change too."""
     k = min(NEAR, logits.shape[1])
     top, idx = logits.topk(k, sorted=False)
-    idx, order = idx.sort(1)          # each entry's noise by its id, not by its rank
-    top = top.gather(1, order)
+    # Each entry's noise by its id, not its rank; banned (-inf) entries, which topk
+    # takes in a device's own order where fewer than k are allowed, sort last.
+    slot = torch.arange(k, device=idx.device) + logits.shape[1]
+    order = torch.where(top > float("-inf"), idx, slot).argsort(1)
+    top, idx = top.gather(1, order), idx.gather(1, order)
     g = gumbel_noise((len(top), k + 1), gen).to(top.device)
     best, arg = (top + g[:, :k]).max(1)
     drawn = idx.gather(1, arg.unsqueeze(1)).squeeze(1)
-    lse = logits.logsumexp(-1)
-    # log of the rest's probability mass (-inf where none is left above float rounding)
-    rest = lse + torch.log1p(-(top.logsumexp(-1) - lse).exp().clamp(max=1.0))
-    wins = (rest + g[:, k] > best).nonzero().squeeze(1)
+    others = logits.scatter(1, idx, float("-inf"))
+    # The rest's log mass summed directly: as the whole's less the top's, rounding left
+    # a little mass where none was, and <pad> (id 0, banned) could win.
+    wins = (others.logsumexp(-1) + g[:, k] > best).nonzero().squeeze(1)
     if len(wins):
-        others = logits[wins].scatter(1, idx[wins], float("-inf"))
+        others = others[wins]
         drawn[wins] = (others + gumbel_noise(others.shape, gen).to(top.device)).argmax(-1)
     return drawn
 
@@ -208,7 +212,8 @@ def write_lines(run, z, noise, sc: SampleConfig = SampleConfig(), given=None, ge
     prefer: optional (B, L) ids whose logits get ``sc.stay`` nats more (a path's
     previous point).
     refiner: optional, what writes in the line refiner's place (context.InPoem: the
-    next line of poems, the lines before in view).
+    next line of poems, the lines before in view; its ``rows(s)`` the writer of lines s
+    only, for batches written in chunks).
     """
     return write_ids(run.model, run.lengths, z, noise, for_run(run, sc), given, gen, allowed,
                      gumbel, prefer, refiner=refiner)
@@ -229,23 +234,27 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
     ``cached=False``: the refiner recomputes the whole line at every pass, as it first
     did (same characters, slower)."""
     chunk = chunk or CHUNK
+    args = dict(sc=sc, gen=gen, cached=cached)
     if len(z) <= chunk:
-        return _write_chunk(model, lengths, z, noise, sc, given, gen, allowed, gumbel,
-                            prefer, cached, refiner)
+        return _write_chunk(model, lengths, z, noise, given=given, allowed=allowed,
+                            gumbel=gumbel, prefer=prefer, refiner=refiner, **args)
+    noise = torch.as_tensor(noise).expand(len(z))
 
     def rows(x, s):  # an argument's rows s, where it has one a line
-        return x[s] if torch.is_tensor(x) and x.dim() else x
+        return None if x is None else x[s]
     parts = []
     for start in range(0, len(z), chunk):
         s = slice(start, start + chunk)
-        parts.append(_write_chunk(model, lengths, z[s], rows(torch.as_tensor(noise), s), sc,
-                                  rows(given, s), gen, rows(allowed, s), rows(gumbel, s),
-                                  rows(prefer, s), cached, refiner and refiner.rows(s)))
+        parts.append(_write_chunk(model, lengths, z[s], noise[s], given=rows(given, s),
+                                  allowed=rows(allowed, s), gumbel=rows(gumbel, s),
+                                  prefer=rows(prefer, s), refiner=refiner and refiner.rows(s),
+                                  **args))
     return torch.cat(parts)
 
 
 def _write_chunk(model, lengths, z, noise, sc, given, gen, allowed, gumbel, prefer, cached,
                  refiner):
+    """write_ids on lines few enough to write at once (its arguments cut to them)."""
     sc = with_temperature(sc, "chars")
     banned, min_len = banned_for(lengths, model.cfg.max_len), min(lengths)
     z = z.to(next(model.parameters()).device)
