@@ -47,7 +47,8 @@ def test_speed_bench_runs_and_its_two_refiner_paths_agree(tiny):
     out = bench("speed.py", "--smoke", "--steps", "1", "--corpus", "lines.txt",
                 "--sizes", "200", "--run", "run", cwd=tiny)
     assert "of ceiling" in out and "cached and full-pass lines identical" in out
-    assert "poems, 64 candidates a line, cached" in out and "--independent" in out
+    assert "poems, 64 candidates a line, now" in out and "--independent" in out
+    assert "full passes, the draw before, one batch" in out
     assert "MFLOP a line; at the fp32 ceiling" in out
 
 
