@@ -219,8 +219,8 @@ def write_lines(run, z, noise, sc: SampleConfig = SampleConfig(), given=None, ge
                      gumbel, prefer, refiner=refiner)
 
 
-# Lines written at once. A larger batch is no faster: its (n, V) logits are fresh memory
-# at every pass, and on a CPU the page faults cost more than the larger matmuls gain
+# Lines written at once on a CPU. A larger batch is no faster there: its (n, V) logits are
+# fresh memory at every pass, and the page faults cost more than the larger matmuls gain
 # (measured on a 2-core CPU: 4096 lines at once 1,433 lines/s, 512 at a time 1,853).
 CHUNK = 512
 
@@ -230,10 +230,12 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
               gen=None, allowed=None, gumbel=None, prefer=None, cached=True, refiner=None,
               chunk=None):
     """``write_lines`` for a bare model and its corpus' line lengths (the trainer has no
-    run yet: a temperature of None is a character run's), ``chunk`` lines at a time.
+    run yet: a temperature of None is a character run's), ``chunk`` lines at a time
+    (default: CHUNK on a CPU, all at once on a GPU).
     ``cached=False``: the refiner recomputes the whole line at every pass, as it first
     did (same characters, slower)."""
-    chunk = chunk or CHUNK
+    if not chunk:  # the page faults that make chunks pay are a CPU's: a GPU writes at once
+        chunk = CHUNK if next(model.parameters()).device.type == "cpu" else max(len(z), 1)
     args = dict(sc=sc, gen=gen, cached=cached)
     if len(z) <= chunk:
         return _write_chunk(model, lengths, z, noise, given=given, allowed=allowed,
