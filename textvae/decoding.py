@@ -165,9 +165,13 @@ def draw_one(logits, gen=None):
     # a little mass where none was, and <pad> (id 0, banned) could win.
     wins = (others.logsumexp(-1) + g[:, k] > best).nonzero().squeeze(1)
     if len(wins):
-        others = others[wins]
-        drawn[wins] = (others + gumbel_noise(others.shape, gen).to(top.device)).argmax(-1)
+        drawn[wins] = gumbel_max(others[wins], gen)
     return drawn
+
+
+def gumbel_max(logits, gen=None):
+    """One index a row drawn from softmax(logits) (n, V) with noise for every entry."""
+    return (logits + gumbel_noise(logits.shape, gen).to(logits.device)).argmax(-1)
 
 
 def gumbel_noise(shape, gen=None):
