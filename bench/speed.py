@@ -461,21 +461,18 @@ def writing_table(run, n, ceil32):
             with draw_before() if "draw before" in name else contextlib.nullcontext():
                 ids[name], sec = timed(fn, device)
             best[name] = min(best.get(name, sec), sec)
-    rows = [(name, n / sec) for name, sec in best.items()]
-    ids = {True: ids["full path, refiner cached"], False: ids["full path, refiner full passes"]}
-    same = torch.equal(ids[True], ids[False])
+    rate = {name: n / sec for name, sec in best.items()}
     if run.chain is not None:
-        rows += poem_rows(run, sc, max(1, n // 256), device)
+        rate.update(poem_rows(run, sc, max(1, n // 256), device))
+    same = torch.equal(ids["full path, refiner cached"], ids["full path, refiner full passes"])
     print(f"\nwriting lines in-process ({n} prior samples, the fastest of 3 rounds; cached "
-          f"and full-pass lines "
-          f"{'identical' if same else 'DIFFER'})")
+          f"and full-pass lines {'identical' if same else 'DIFFER'})")
     print(f"{'path':<44} {'lines/s':>9}")
-    for name, rate in rows:
-        print(f"{name:<44} {rate:>9.0f}")
-    base = dict(rows)
-    for before, what in ((3, "cached before"), (4, "full passes before")):
-        print(f"{'full path speed-up over ' + what:<44} "
-              f"{base[rows[1][0]] / base[rows[before][0]]:>8.1f}x")
+    for name, r in rate.items():
+        print(f"{name:<44} {r:>9.0f}")
+    for before in ("cached", "full passes"):
+        up = rate["full path, refiner cached"] / rate[f"{before}, the draw before, one batch"]
+        print(f"{f'full path speed-up over {before} before':<44} {up:>8.1f}x")
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         decoding.write_ids(run.model, run.lengths, z[:256], decoding.noise_of(sc), sc,
                            gen=torch.Generator().manual_seed(1))

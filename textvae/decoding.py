@@ -239,7 +239,7 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
     ``cached=False``: the refiner recomputes the whole line at every pass, as it first
     did (same characters, slower)."""
     if not chunk:  # the page faults that make chunks pay are a CPU's: a GPU writes at once
-        chunk = CHUNK if next(model.parameters()).device.type == "cpu" else max(len(z), 1)
+        chunk = CHUNK if next(model.parameters()).device.type == "cpu" else len(z)
     args = dict(sc=sc, gen=gen, cached=cached)
     if len(z) <= chunk:
         return _write_chunk(model, lengths, z, noise, given=given, allowed=allowed,
