@@ -7,12 +7,13 @@
 Sections, each left out where its input is missing:
   the default run     its summary.json (test split) and config.json (steps, minutes, the
                       poem chain's fit)
-  blind panels        each panel's scores.json (bench/blind.py score), with the sources
-                      of its systems and 16 items of each system verbatim, as readers saw them
-  poem statistics     bench/poems.py --json
-  speed               bench/speed.py's output saved to --speed (runs/bench-speed.txt)
   quality vs compute  --compute RUN ...: each run's budget, size, figures and the panels'
                       scores of its poems
+  poem statistics     bench/poems.py --json
+  speed               bench/speed.py's output saved to --speed (runs/bench-speed.txt)
+  blind panels        a row a panel with its systems' means, then each panel's
+                      scores.json (bench/blind.py score) in full, with the sources of its
+                      systems and 16 items of each system verbatim, as readers saw them
 The header names the date, the commit and the machine. With --readme, the block between
 README.md's RESULTS markers is rewritten too: the first two panels' means, the run's training
 curves (copied to docs/curves.png), and its first poems and an interpolation as
@@ -148,6 +149,23 @@ def _fmt(v):
     return f"{v:,.3f}" if isinstance(v, float) else str(v)
 
 
+def panel_index(panels):
+    """One row a panel: each system's means, so the panels below can be found and
+    compared at a glance."""
+    out = ["## Blind panels at a glance\n",
+           "Each panel's systems with their means (poems: fluency / coherence; lines: "
+           "sense) and the share of ratings that took them for real; the sections below "
+           "give each panel in full, with what its systems were and 16 of their items.\n",
+           "| panel | systems |", "| --- | --- |"]
+    for folder in panels:
+        res = json.loads((Path(folder) / "scores.json").read_text())
+        cells = [f"{name} {' / '.join(f'{r[q][0]:.2f}' for q in res['questions'])} "
+                 f"({100 * r['real']:.0f}%)" for name, r in res["systems"].items()]
+        name = Path(folder).name
+        out.append(f"| [{name}](#blind-panel-{name}-{res['kind']}) | {'; '.join(cells)} |")
+    return "\n".join(out) + "\n"
+
+
 def panel_section(folder, shown=16):
     from blind import format_scores
     folder = Path(folder)
@@ -264,7 +282,6 @@ def main(argv=None):
     if (Path(args.run) / "summary.json").exists():
         parts.append(run_section(args.run))
     scored = [f for f in args.panels if (Path(f) / "scores.json").exists()]
-    parts += [panel_section(f) for f in scored]
     runs = [f for f in args.compute if (Path(f) / "summary.json").exists()]
     if runs:
         parts.append(compute_section(runs, scored))
@@ -272,6 +289,9 @@ def main(argv=None):
         parts.append(poems_section(args.poems_json))
     if Path(args.speed).exists():
         parts.append(speed_section(args.speed))
+    if scored:  # the summaries first, then every panel in full
+        parts.append(panel_index(scored))
+    parts += [panel_section(f) for f in scored]
     Path(args.out).write_text("\n".join(parts), encoding="utf-8")
     print(f"{args.out}: {len(parts) - 1} sections")
     if args.readme:

@@ -78,6 +78,10 @@ def test_report_writes_the_run_and_the_panel_with_its_items(tmp_path, overfit_ru
     assert "120 steps" in text and "| char accuracy from mu | 0.500 |" in text
     assert "| mine | 2 | 3.00 ± 1.00 | 2.00 ± 1.00 | 50% |" in text
     assert "\n".join(POEM_LINES[:4]) in text and "commit" in text
+    # The summaries come first; each panel has a row linking to its section below.
+    assert "| [panel](#blind-panel-panel-poems) | mine 3.00 / 2.00 (50%) |" in text
+    assert (text.index("## Quality against compute") < text.index("## Blind panels at a glance")
+            < text.index("## Blind panel `panel`"))
     # The panel read a file, not this run: its row has no readers' scores.
     assert f"| `{run}` | " in text and "| 120 | 0 | 30.00 | 0.500 | - / - | - | - |" in text
 
