@@ -262,3 +262,28 @@ def test_a_written_line_never_holds_a_character_three_times_running(overfit_run)
             ref.out.bias.copy_(saved)
     assert (ids == 8).any()
     assert not ((ids[:, 2:] == ids[:, 1:-1]) & (ids[:, 1:-1] == ids[:, :-2])).any(), ids
+
+
+def test_pad_is_banned_before_the_shortest_length_and_through_the_last_given():
+    """A run of lines 2-5 long writes no line shorter than 2; a completion whose last
+    given character is at position 2 ends after it, not at it."""
+    at = decoding.every_position(1, 5, "cpu")
+    out = decoding._ban(torch.zeros(5, 10), at, [BOS, EOS], min_len=2)
+    assert out[:2, PAD].isinf().all() and out[2:, PAD].isfinite().all()
+    given = torch.tensor([[-1, -1, 7, -1, -1]])
+    out = decoding._ban(torch.zeros(5, 10), at, [BOS, EOS], min_len=1, given=given)
+    assert out[:3, PAD].isinf().all() and out[3:, PAD].isfinite().all()
+
+
+def test_a_redrawn_repeat_keeps_its_own_keyword(monkeypatch):
+    """With --keywords 月,秋, line 2 of a poem that repeats line 1 is written again with 秋,
+    its own keyword, not with 月."""
+    seen = []
+
+    def new_lines(run, n, sc, gen, heads=None):
+        seen.append(sc.keyword_list())
+        return [f"新{len(seen)}"]
+    monkeypatch.setattr(sampling, "_new_lines", new_lines)
+    poem = sampling._no_repeats(None, ["甲", "甲", "乙"], SampleConfig(keywords="月,秋"),
+                                None, None)
+    assert poem == ["甲", "新1", "乙"] and seen == [["秋", "月"]]

@@ -3,9 +3,12 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from bench.poetry import fault, heads_ok, parse, rhymes, tone_verdict
+from textvae import poetry
 from textvae.errors import UserError
+from textvae.tokenizer import PAD
 from textvae.sampling import acrostic_patterns
 from textvae.poetry import PoemConfig, couplets, write_poems
 from textvae.prosody import VERSE_FORMS, PING, ZE, faultless, table, templates, xinyun_group
@@ -87,6 +90,32 @@ def test_lines_do_not_reuse_the_poems_earlier_characters(overfit_run):
     for poem in write_poems(overfit_run, PoemConfig(VERSE_FORMS["wujue"], rhyme="off"), 8):
         for i in range(1, 4):
             assert not set(poem[i]) & set("".join(poem[:i])), poem
+
+
+def test_an_acrostic_character_is_left_to_its_own_line(overfit_run, monkeypatch):
+    # Written earlier, it would stand twice in the poem once its line opens with it: the
+    # first line may not hold the later lines' 黄, 欲 or 更 anywhere but where given.
+    allowed, write = [], poetry.write_lines
+
+    def spy(run, z, noise, sc, **kw):
+        allowed.append(kw["allowed"])
+        return write(run, z, noise, sc, **kw)
+    monkeypatch.setattr(poetry, "write_lines", spy)
+    heads = "白黄欲更"
+    pc = PoemConfig(VERSE_FORMS["wujue"], rhyme="off", acrostic=heads)
+    poem = next(write_poems(overfit_run, pc, 1))
+    later = [overfit_run.tokenizer.index[c] for c in heads[1:]]
+    assert not allowed[0][:, 1:5, later].any() and allowed[-1][:, 1:5, later].any()
+    for i in range(1, 4):
+        assert heads[i] not in "".join(poem[:i]), poem
+
+
+def test_a_position_no_rule_can_fill_takes_any_character_but_never_pad():
+    form = VERSE_FORMS["wujue"]
+    allowed = torch.zeros(6, 12, dtype=torch.bool)  # no character left at any position
+    poetry._constrain(allowed, PoemConfig(form, rhyme="off"), None, None, False, None,
+                      torch.zeros(12, dtype=torch.bool))
+    assert allowed[:5, 4:].all() and not allowed[:5, PAD].any()
 
 
 def test_forms_refuse_runs_and_inputs_that_do_not_fit(overfit_run):

@@ -2,7 +2,7 @@
 
     a stanza's lines, each from its own z_t, read as one causal sequence of tokens
         c_1, x_1,1 .. x_1,L,  c_2, x_2,1 .. x_2,L,  ...,  c_T, x_T,1 .. x_T,L
-    c_t   = cond([z_t, a_t]) + embed(the last character of line t-1) + row_t
+    c_t   = cond([z_t, a_t]) + embed(the last position of line t-1) + row_t
     x_t,j = embed(x_t,j-1) + pos_j + draft_t,j + row_t       (the line refiner's input)
     output at x_t,j:  p(x_t,j | every token before it)
 

@@ -183,21 +183,21 @@ def gumbel_noise(shape, gen=None):
 def _ban(logits, at, banned, min_len, given=None, allowed=None):
     """Float logits (n, V) of the positions ``at`` = (lines, positions), with banned ids
     at -inf; changed in place (callers pass logits just computed). Where <pad> may end a
-    line, it is banned before the corpus' shortest length and, with ``given`` (B, L; -1
-    = free), before the last given character, so no line is empty and no completion
-    ends early. ``allowed`` (B, L, V) bool, optional: only those characters at each
-    position (the tones and rhymes of a form)."""
+    line, it is banned before the corpus' shortest length (no line is shorter, none
+    empty) and, with ``given`` (B, L; -1 = free), up to the last given character (no
+    completion ends early). ``allowed`` (B, L, V) bool, optional, on the logits'
+    device: only those characters at each position (the tones and rhymes of a form)."""
     logits = logits.float()
     logits[:, banned] = float("-inf")
     lines, pos = at
     if allowed is not None:
-        logits.masked_fill_(~allowed.to(logits.device)[lines, pos], float("-inf"))
+        logits.masked_fill_(~allowed[lines, pos], float("-inf"))
     if PAD not in banned:
-        last = torch.full_like(pos, min_len - 1)   # no <pad> before this position
+        first = torch.full_like(pos, min_len)   # the first position <pad> may take
         if given is not None:
             where = torch.where(given >= 0, torch.arange(given.shape[1], device=pos.device), -1)
-            last = torch.maximum(last, where.amax(1)[lines])
-        logits[:, PAD].masked_fill_(pos < last, float("-inf"))
+            first = torch.maximum(first, where.amax(1)[lines] + 1)
+        logits[:, PAD].masked_fill_(pos < first, float("-inf"))
     return logits
 
 
@@ -235,7 +235,8 @@ def write_ids(model, lengths, z, noise, sc: SampleConfig = SampleConfig(), given
               chunk=None):
     """``write_lines`` for a bare model and its corpus' line lengths (the trainer has no
     run yet: a temperature of None is a character run's), ``chunk`` lines at a time
-    (default: CHUNK on a CPU, all at once on a GPU).
+    (default: CHUNK on a CPU, all at once on a GPU). A seed's lines are the same on
+    every run of one device, not across devices: chunks draw their noise in turn.
     ``cached=False``: the refiner recomputes the whole line at every pass, as it first
     did (same characters, slower)."""
     if not chunk:  # the page faults that make chunks pay are a CPU's: a GPU writes at once
@@ -266,6 +267,8 @@ def _write_chunk(model, lengths, z, noise, sc, given, gen, allowed, gumbel, pref
     z = z.to(next(model.parameters()).device)
     if given is not None:
         given = given.to(z.device)
+    if allowed is not None:
+        allowed = allowed.to(z.device)  # once, not at every pass
     draft = model.decoder.features(z)                                       # (B, L, H)
     B, L = draft.shape[:2]
     at = every_position(B, L, z.device)

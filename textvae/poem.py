@@ -99,7 +99,7 @@ def association(ids, vocab, shrink=20.0, min_lines=20, chunk=20_000):
 
     assoc[c, d] = log2 p(d in another line | c in this one) / p(d), counted over every
     ordered pair of lines of a stanza, each conditional shrunk toward p(d) by ``shrink``
-    pseudo-counts; 0 for characters in fewer than ``min_lines`` lines and for the
+    pseudo-counts; 0 for characters seen fewer than ``min_lines`` times and for the
     special ids (below 4), so they neither help nor hurt a line."""
     N, T, L = ids.shape
     pairs = torch.zeros(vocab * vocab, dtype=torch.float64)
@@ -115,8 +115,8 @@ def association(ids, vocab, shrink=20.0, min_lines=20, chunk=20_000):
     p_d = other / other.sum()
     ctx = pairs.sum(1, keepdim=True)
     assoc = torch.log2((pairs + shrink * p_d) / (ctx + shrink) / p_d.clamp(min=1e-12))
-    lines = torch.bincount(ids.flatten(), minlength=vocab).double()
-    rare = lines < min_lines
+    seen = torch.bincount(ids.flatten(), minlength=vocab).double()
+    rare = seen < min_lines
     rare[:4] = True
     assoc[rare] = 0.0
     assoc[:, rare] = 0.0
@@ -125,7 +125,9 @@ def association(ids, vocab, shrink=20.0, min_lines=20, chunk=20_000):
 
 def association_bits(assoc, line, context):
     """Mean assoc (n,) of the characters of ``line`` (n, L) with those of ``context``
-    (n, M) ids: how much this line belongs with the lines before it."""
+    (n, M) ids, over the pairs the table has a value for (rare characters, special ids
+    and a character paired with itself count for nothing): how much this line belongs
+    with the lines before it."""
     pairs = (line.unsqueeze(-1), context.unsqueeze(1))
     # A character does not go with itself: repeating one is not a theme (real quatrains
     # share 1.8% of their characters between neighbouring lines).
@@ -322,8 +324,9 @@ def line_scores(run, ids, context):
 
 def best_lines(run, ids, context, taken=None):
     """Rows (n,) into ids (n K, L), K candidate lines for each of n poems whose lines so
-    far are ``context`` (n, T, L): each poem's best by ``line_scores``, never a line of
-    ``taken[i]`` (the poem's lines so far)."""
+    far are ``context`` (n, T, L): each poem's best by ``line_scores``, a line of
+    ``taken[i]`` (the poem's lines so far) only where every candidate is one (the
+    first, then: with one candidate a line, a poem can repeat a line)."""
     n = len(context)
     K = len(ids) // n
     scores = line_scores(run, ids, context).view(n, K)

@@ -21,11 +21,14 @@ from .checkpoints import CKPT_DIR, save_state
 
 def stanza_splits(spec, data_dir, lines, lengths):
     """(train, valid) stanzas of a recipe (prepared as every corpus is) or of a file of
-    poems, split by each stanza's hash as corpus lines are."""
+    poems, split by each stanza's hash as corpus lines are; where no stanza falls to
+    valid, the first 100 of train stand in for it (its figures are then train's)."""
     from .corpora import RECIPES, prepare, split_of
     if spec in RECIPES and not Path(spec).exists():
         folder = prepare(spec, data_dir)
-        return tuple(read_stanzas(folder / f"{s}.txt", lines, lengths) for s in ("train", "valid"))
+        train, valid = (read_stanzas(folder / f"{s}.txt", lines, lengths)
+                        for s in ("train", "valid"))
+        return train, valid or train[:100]
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"--poems: no recipe or file named {spec!r}")

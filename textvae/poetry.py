@@ -116,49 +116,51 @@ def write_poems(run, pc: PoemConfig, n, sc: SampleConfig = SampleConfig(), batch
                         f"{pc.form.name}; got {len(sc.keyword_list())}")
     vt = VocabTones(run.tokenizer, pc.rhyme if pc.rhyme != "off" else "pingshui") \
         if pc.tones or pc.rhyme != "off" else None
-    poem = chained(run, sc)
-    if poem:  # the poem model's lines, drawn as its free poems' are
+    on_chain = chained(run, sc)
+    if on_chain:  # the poem model's lines, drawn as its free poems' are
         sc = with_temperature(sc, "poem")
         batch = poems_a_batch(pc.candidates, batch)
     gen = torch.Generator().manual_seed(sc.seed)
     for written, kept in batch_sizes(n, batch):
-        yield from _batch(run, pc, vt, written, sc, gen, poem)[:kept]
+        yield from _batch(run, pc, vt, written, sc, gen, on_chain)[:kept]
 
 
-def _batch(run, pc, vt, P, sc, gen, poem):
-    """``P`` poems of ``pc.form``; ``poem``: written by the run's poem chain and
+def _batch(run, pc, vt, P, sc, gen, on_chain):
+    """``P`` poems of ``pc.form``; ``on_chain``: written by the run's poem chain and
     poem-context refiner (else by a walk through the latent space)."""
     form, L, V = pc.form, run.max_len, len(run.tokenizer.chars)
-    noise = noise_of(sc, poem=poem)  # ranked lines are read more loosely
+    noise = noise_of(sc, poem=on_chain)  # ranked lines are read more loosely
     starts = ["ze" if b else "ping" for b in torch.rand(P, generator=gen).lt(0.5).tolist()]
     patterns = [templates(form, s) for s in starts]
     rhyme = [None] * P                 # each poem's rhyme group, once chosen
     used = torch.zeros(P, V, dtype=torch.bool)  # characters the poem already has
     z_prev, lines = None, [[] for _ in range(P)]
-    chain = run.chain.first(P) if poem else None   # (mean, logvar, state)
+    chain_state = run.chain.first(P) if on_chain else None   # (mean, logvar, GRU state)
     so_far = Written.start(P, L, run.model.cfg.latent)  # the lines written so far
     # Keywords go to the first lines, one each: a keyword used twice would break the
     # poem's rule of no character used twice.
     keywords = keyword_ids(run, sc, form.lines, cycle=False) if sc.keywords else None
+    later = _later_heads(run, pc, keywords, form.lines, V)
     for i in range(form.lines):
         allowed = _line_length(run, form.chars).repeat(P, 1, 1)
         for p in range(P):
-            _constrain(allowed[p], pc, vt, patterns[p][i], form.rhyming(i), rhyme[p], used[p])
+            _constrain(allowed[p], pc, vt, patterns[p][i], form.rhyming(i), rhyme[p],
+                       used[p] | later[i])
         given = torch.full((P, L), -1, dtype=torch.long)
         if pc.acrostic:
             given[:, 0] = run.tokenizer.encode(pc.acrostic[i], allow_unk=False)[0]
         kw = keywords[i].expand(P) if keywords is not None else None
         # On a chain run every candidate is written and the best by poem.line_scores kept,
         # as in free poems: all 64 read better than the 16 the heads liked best (poems.md).
-        z, given = _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw, chain)
+        z, given = _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw, chain_state)
         R = z.shape[1]
         ids = write_lines(run, z.flatten(0, 1), noise, sc, gen=gen,
                           given=given.repeat_interleave(R, 0),
                           allowed=allowed.repeat_interleave(R, 0),
-                          refiner=so_far.writer(run, R) if chain is not None else None)
+                          refiner=so_far.writer(run, R) if on_chain else None)
         z, ids = _best_written(run, z, ids, so_far.ids)
-        if chain is not None:  # the chain reads what was written, as in poem.chain_poems
-            chain = read_on(run, ids, chain[2])
+        if on_chain:  # the chain reads what was written, as in poem.chain_poems
+            chain_state = read_on(run, ids, chain_state[2])
             so_far = so_far.add(ids.unsqueeze(1), z.unsqueeze(1), noise)
         for p, (row, text) in enumerate(zip(ids.tolist(), texts(run, ids))):
             lines[p].append(text)
@@ -168,6 +170,22 @@ def _batch(run, pc, vt, P, sc, gen, poem):
                     rhyme[p] = next(iter(vt.groups_of[row[form.chars - 1]]), None)
         z_prev = z
     return lines
+
+
+def _later_heads(run, pc, keywords, lines, V):
+    """(lines, V) bool: for each line, the acrostic and keyword characters of the lines
+    after it, which it leaves to them (else the poem would use one twice)."""
+    mine = [[] for _ in range(lines)]
+    for i in range(lines):
+        if pc.acrostic:
+            mine[i].append(run.tokenizer.encode(pc.acrostic[i], allow_unk=False)[0])
+        if keywords is not None and keywords[i] >= 0:
+            mine[i].append(int(keywords[i]))
+    later = torch.zeros(lines, V, dtype=torch.bool)
+    for i in range(lines):
+        for ids in mine[i + 1:]:
+            later[i, ids] = True
+    return later
 
 
 def _line_length(run, chars):
@@ -193,7 +211,11 @@ def _constrain(allowed, pc, vt, pattern, rhyming, group, used):
         allowed[L - 1] &= vt.group[group] if group in vt.group else vt.rhymes
     for j in range(L):
         fresh = allowed[j] & ~used
-        allowed[j] = fresh if fresh.any() else allowed[j] if allowed[j].any() else True
+        if fresh.any():
+            allowed[j] = fresh
+        elif not allowed[j].any():  # no rule can be kept: any character, but not <pad>
+            allowed[j] = True
+            allowed[j, PAD] = False
 
 
 def _best_written(run, z, ids, context):
@@ -206,16 +228,16 @@ def _best_written(run, z, ids, context):
     return z.flatten(0, 1)[rows], ids[rows]
 
 
-def _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw=None, chain=None):
+def _walk_step(run, z_prev, pc, allowed, given, gen, sc, kw=None, chain_state=None):
     """The z (P, K, D) of each poem's next line, and the given characters. On a chain
-    run, all ``pc.candidates`` draws from the chain's (mean, logvar, state) ``chain``
+    run, all ``pc.candidates`` draws from the chain's (mean, logvar, state) ``chain_state``
     (K of them, each written); else, of as many steps of the walk, the one (K = 1) whose
     heads put the most log-probability on the allowed characters and the given ones,
     which include each poem's keyword ``kw`` (P,), if any, where the steps favour it."""
     P, C = allowed.shape[0], pc.candidates
     eps = prior_z(run, P * C, gen, sc).view(P, C, -1)  # around the theme, if any
-    if chain is not None:
-        m, logvar, _ = chain
+    if chain_state is not None:
+        m, logvar, _ = chain_state
         return drawn(m, logvar, eps), given
     z = eps if z_prev is None else pc.rho * z_prev.unsqueeze(1) + math.sqrt(1 - pc.rho ** 2) * eps
     if kw is not None:

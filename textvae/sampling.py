@@ -75,7 +75,8 @@ def sample(run, n, sc: SampleConfig = SampleConfig(), batch=4096):
 def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads=None,
           batch=256):
     """Yield ``n_poems`` poems (lists of lines), written ``batch`` poems at a time, so any
-    number streams in constant memory. No line repeats within a poem. The batches grow
+    number streams in constant memory. No line repeats within a poem where another
+    can be had (50 redraws; on the chain, another candidate). The batches grow
     from one poem (``batch_sizes``), so the first poem prints at once, not after 256,
     and a seed's i-th poem is the same whatever the number asked for.
 
@@ -149,8 +150,19 @@ def _no_repeats(run, poem, sc, gen, heads, tries=50):
         for _ in range(tries):
             if poem[i] not in poem[:i]:
                 break
-            poem[i] = _new_lines(run, 1, sc, gen, None if heads is None else heads[i])[0]
+            poem[i] = _new_lines(run, 1, _for_line(sc, i), gen,
+                                 None if heads is None else heads[i])[0]
     return poem
+
+
+def _for_line(sc, i):
+    """``sc`` for writing line i alone: its keywords turned so that line i's comes first
+    (a line written on its own takes the first)."""
+    kws = sc.keyword_list()
+    if not kws:
+        return sc
+    k = i % len(kws)
+    return replace(sc, keywords=",".join(kws[k:] + kws[:k]))
 
 
 @torch.no_grad()
