@@ -270,7 +270,7 @@ def test_pad_is_banned_before_the_shortest_length_and_through_the_last_given():
     at = decoding.every_position(1, 5, "cpu")
     out = decoding._ban(torch.zeros(5, 10), at, [BOS, EOS], min_len=2)
     assert out[:2, PAD].isinf().all() and out[2:, PAD].isfinite().all()
-    given = torch.tensor([[-1, -1, 7, -1, -1]])
+    given = torch.tensor([[-1, -1, 7, -1, -1]])  # position 2 is given: this pins the rule
     out = decoding._ban(torch.zeros(5, 10), at, [BOS, EOS], min_len=1, given=given)
     assert out[:3, PAD].isinf().all() and out[3:, PAD].isfinite().all()
 
@@ -287,3 +287,7 @@ def test_a_redrawn_repeat_keeps_its_own_keyword(monkeypatch):
     poem = sampling._no_repeats(None, ["甲", "甲", "乙"], SampleConfig(keywords="月,秋"),
                                 None, None)
     assert poem == ["甲", "新1", "乙"] and seen == [["秋", "月"]]
+    # The second 3-line poem of a batch: its lines took 秋 月 秋 (the batch's 4th to 6th).
+    sampling._no_repeats(None, ["甲", "甲", "乙"], SampleConfig(keywords="月,秋"), None,
+                         None, first=3)
+    assert seen[-1] == ["月", "秋"]

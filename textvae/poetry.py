@@ -30,7 +30,7 @@ from .context import Written
 from .poem import best_lines, drawn, read_on
 from .sampling import batch_sizes, chained, keyword_ids, place_keywords, poems_a_batch, prior_z
 from .prosody import PING, RHYMES, ZE, VerseForm, faultless, key_positions, table, templates
-from .tokenizer import PAD
+from .tokenizer import EOS, PAD
 
 
 @dataclass
@@ -190,9 +190,10 @@ def _later_heads(run, pc, keywords, lines, V):
 
 def _line_length(run, chars):
     """(1, L, V) allowed characters for a line of exactly ``chars`` characters: any but
-    <pad> before, only <pad> after (a run of several line lengths can write a form)."""
+    the special ids before, only <pad> after (a run of several line lengths can write a
+    form)."""
     allowed = torch.ones(1, run.max_len, len(run.tokenizer.chars), dtype=torch.bool)
-    allowed[0, :chars, PAD] = False
+    allowed[0, :chars, :EOS + 1] = False  # <pad>, <unk>, <s>, </s>
     allowed[0, chars:] = False
     allowed[0, chars:, PAD] = True
     return allowed
@@ -213,9 +214,9 @@ def _constrain(allowed, pc, vt, pattern, rhyming, group, used):
         fresh = allowed[j] & ~used
         if fresh.any():
             allowed[j] = fresh
-        elif not allowed[j].any():  # no rule can be kept: any character, but not <pad>
+        elif not allowed[j].any():  # no rule can be kept: any character, no special id
             allowed[j] = True
-            allowed[j, PAD] = False
+            allowed[j, :EOS + 1] = False
 
 
 def _best_written(run, z, ids, context):

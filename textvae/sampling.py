@@ -94,7 +94,7 @@ def poems(run, n_poems, lines_per_poem, sc: SampleConfig = SampleConfig(), heads
         lines = _new_lines(run, todo * lines_per_poem, sc, gen, heads)
         for p in range(kept):
             poem = lines[p * lines_per_poem:(p + 1) * lines_per_poem]
-            yield _no_repeats(run, poem, sc, gen, heads)
+            yield _no_repeats(run, poem, sc, gen, heads, first=p * lines_per_poem)
 
 
 def chained(run, sc, heads=None):
@@ -143,21 +143,23 @@ def batch_sizes(n, batch):
         size = min(batch, size * 2) if done > 1 else 1
 
 
-def _no_repeats(run, poem, sc, gen, heads, tries=50):
+def _no_repeats(run, poem, sc, gen, heads, tries=50, first=0):
     """Replace a line that repeats an earlier one of its poem (a repeat reads as a fault;
-    after ``tries`` redraws keep it rather than loop on a model that knows few lines)."""
+    after ``tries`` redraws keep it rather than loop on a model that knows few lines).
+    ``first``: the poem's first line's place in its batch, whose lines took the keywords
+    in turn."""
     for i in range(1, len(poem)):
         for _ in range(tries):
             if poem[i] not in poem[:i]:
                 break
-            poem[i] = _new_lines(run, 1, _for_line(sc, i), gen,
+            poem[i] = _new_lines(run, 1, _for_line(sc, first + i), gen,
                                  None if heads is None else heads[i])[0]
     return poem
 
 
 def _for_line(sc, i):
-    """``sc`` for writing line i alone: its keywords turned so that line i's comes first
-    (a line written on its own takes the first)."""
+    """``sc`` for writing line i of a batch alone: its keywords turned so that line i's
+    comes first (a line written on its own takes the first)."""
     kws = sc.keyword_list()
     if not kws:
         return sc
