@@ -131,15 +131,18 @@ READ_AS = {"run": "free", "form": "wujue"}
 
 def _panel_scores(panels, folder):
     """(panel, its kind, what it read, that system's scores) for each panel system read
-    from the run ``folder`` (run:FOLDER or form:FOLDER[:FORM]); not a panel packed before
+    from the run ``folder`` (run:FOLDER or form:FOLDER[:FORM], or a file key.json's
+    ``written_by`` names as one of these); not a panel packed before
     the folder's config.json was last written, which read an earlier run of that name."""
     written = (Path(folder) / "config.json").stat().st_mtime
     for panel in panels:
         if (Path(panel) / "key.json").stat().st_mtime < written:
             continue
         res = json.loads((Path(panel) / "scores.json").read_text())
+        # A file of poems says in key.json which run's writer made it, where one did.
+        made = json.loads((Path(panel) / "key.json").read_text()).get("written_by", {})
         for name, src in res["sources"].items():
-            how, _, rest = src.partition(":")
+            how, _, rest = made.get(name, src).partition(":")
             where, _, form = rest.partition(":")
             if how in READ_AS and where == str(folder):
                 yield panel, res["kind"], form or READ_AS[how], res["systems"][name]

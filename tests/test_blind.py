@@ -101,3 +101,10 @@ def test_the_compute_table_finds_a_runs_free_poems_and_its_form(tmp_path, monkey
                                                    "systems": {k: k for k in sources}}))
     found = [(how, scores) for _, _, how, scores in report._panel_scores([panel], run)]
     assert found == [("free", "a"), ("wujue", "b")]
+    # A file of poems counts where key.json says this run's form writer made it.
+    sources["f"] = "file:poems.json"
+    (panel / "scores.json").write_text(json.dumps({"kind": "poems", "sources": sources,
+                                                   "systems": {k: k for k in sources}}))
+    (panel / "key.json").write_text(json.dumps({"written_by": {"f": f"form:{run}:wujue"}}))
+    found = [(how, scores) for _, _, how, scores in report._panel_scores([panel], run)]
+    assert found == [("free", "a"), ("wujue", "b"), ("wujue", "f")]
