@@ -140,15 +140,16 @@ def _batch(run, pc, vt, P, sc, gen, on_chain):
     # Keywords go to the first lines, one each: a keyword used twice would break the
     # poem's rule of no character used twice.
     keywords = keyword_ids(run, sc, form.lines, cycle=False) if sc.keywords else None
-    later = _later_heads(run, pc, keywords, form.lines, V)
+    heads = [run.tokenizer.encode(c, allow_unk=False)[0] for c in pc.acrostic]
+    later = _later_heads(heads, keywords, form.lines, V)
     for i in range(form.lines):
         allowed = _line_length(run, form.chars).repeat(P, 1, 1)
         for p in range(P):
             _constrain(allowed[p], pc, vt, patterns[p][i], form.rhyming(i), rhyme[p],
                        used[p] | later[i])
         given = torch.full((P, L), -1, dtype=torch.long)
-        if pc.acrostic:
-            given[:, 0] = run.tokenizer.encode(pc.acrostic[i], allow_unk=False)[0]
+        if heads:
+            given[:, 0] = heads[i]
         kw = keywords[i].expand(P) if keywords is not None else None
         # On a chain run every candidate is written and the best by poem.line_scores kept,
         # as in free poems: all 64 read better than the 16 the heads liked best (poems.md).
@@ -172,13 +173,14 @@ def _batch(run, pc, vt, P, sc, gen, on_chain):
     return lines
 
 
-def _later_heads(run, pc, keywords, lines, V):
-    """(lines, V) bool: for each line, the acrostic and keyword characters of the lines
-    after it, which it leaves to them (else the poem would use one twice)."""
+def _later_heads(heads, keywords, lines, V):
+    """(lines, V) bool: for each line, the acrostic (ids ``heads``, one a line, or none)
+    and keyword characters of the lines after it, which it leaves to them (else the
+    poem would use one twice)."""
     mine = [[] for _ in range(lines)]
     for i in range(lines):
-        if pc.acrostic:
-            mine[i].append(run.tokenizer.encode(pc.acrostic[i], allow_unk=False)[0])
+        if heads:
+            mine[i].append(heads[i])
         if keywords is not None and keywords[i] >= 0:
             mine[i].append(int(keywords[i]))
     later = torch.zeros(lines, V, dtype=torch.bool)
@@ -215,8 +217,7 @@ def _constrain(allowed, pc, vt, pattern, rhyming, group, used):
         if fresh.any():
             allowed[j] = fresh
         elif not allowed[j].any():  # no rule can be kept: any character, no special id
-            allowed[j] = True
-            allowed[j, :EOS + 1] = False
+            allowed[j, EOS + 1:] = True
 
 
 def _best_written(run, z, ids, context):
