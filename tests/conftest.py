@@ -1,7 +1,10 @@
 """Shared fixtures: tiny corpora built in-process, and one small model overfit on them."""
 import atexit
+import contextlib
+import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,12 +50,40 @@ def overfit_run(tmp_path_factory):
     return overfit(tmp_path_factory.mktemp("overfit"), POEM_LINES)
 
 
-def run_cli(script, *args, cwd=None, timeout=300, env=None):
-    """Run train.py / generate.py as a user would; returns CompletedProcess."""
+def run_cli(script, *args, cwd=None, timeout=300, env=None, own_process=None):
+    """Run train.py / generate.py as a user would; returns CompletedProcess. It runs in
+    this process unless ``own_process`` (or ``env``) asks for one: each script only
+    calls its entry point in textvae.cli, and a process of its own spends ~2 s
+    importing torch."""
+    if own_process is None:
+        own_process = env is not None
+    if not own_process:
+        return _in_process(script, args, cwd)
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env=full_env)
+
+
+def _in_process(script, args, cwd):
+    """``run_cli`` through the script's entry point, here: stdout, stderr and the exit
+    status as a process would give them (argparse's exit included). The signal
+    handlers training sets are put back after it."""
+    from textvae.cli import generate_main, train_main
+    main = {"generate.py": generate_main, "train.py": train_main}[script]
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+    return subprocess.CompletedProcess([script, *map(str, args)], code or 0,
+                                       out.getvalue(), err.getvalue())
 
 
 def copy_run_files(src, dst):

@@ -24,7 +24,8 @@ def cli_run(tmp_path_factory):
     """A run made by train.py through a subprocess, as the README does."""
     tmp = tmp_path_factory.mktemp("cli")
     corpus = write_corpus(tmp / "poems.txt", POEM_LINES * 2 + ["山高月小", "水落石出"])
-    r = run_cli("train.py", "--corpus", corpus, "--out", tmp / "run", *TINY, cwd=tmp)
+    r = run_cli("train.py", "--corpus", corpus, "--out", tmp / "run", *TINY, cwd=tmp,
+                own_process=True)
     assert r.returncode == 0, r.stderr
     assert "run saved in" in r.stdout and "IW-NLL" in r.stdout
     return tmp / "run"
@@ -54,7 +55,8 @@ def test_train_writes_a_self_contained_run_folder(cli_run):
 
 
 def test_generate_writes_poems_from_the_run_folder_alone(cli_run, tmp_path):
-    r = run_cli("generate.py", "--run", cli_run, "--num", "2", "--seed", "1", cwd=tmp_path)
+    r = run_cli("generate.py", "--run", cli_run, "--num", "2", "--seed", "1", cwd=tmp_path,
+                own_process=True)  # as a user runs it; other tests call it in-process
     assert r.returncode == 0, r.stderr
     poems = r.stdout.strip().split("\n\n")
     assert len(poems) == 2 and all(len(p.splitlines()) == 4 for p in poems)
@@ -190,7 +192,9 @@ def test_unknown_character_maps_to_unk_only_when_asked(overfit_run):
 
 
 def test_run_folder_missing_or_incomplete(cli_run, tmp_path):
-    assert_one_line_error(run_cli("generate.py", "--run", tmp_path / "none"), "not found")
+    # In a process of its own: one line on stderr, no traceback.
+    assert_one_line_error(run_cli("generate.py", "--run", tmp_path / "none", own_process=True),
+                          "not found")
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("config.json", "tokenizer.model"):
