@@ -57,7 +57,9 @@ def test_a_context_fit_cut_short_goes_on_from_its_checkpoint(overfit_run, tmp_pa
 
 
 def test_a_cut_fit_goes_on_with_the_settings_it_began_with(overfit_run, tmp_path, monkeypatch):
-    folder = _poem_run(overfit_run.dir, tmp_path, context_layers=1)
+    # 30 s, not 6: the fits are cut at their third and sixth steps, which a loaded
+    # machine did not reach in 6 s; the last fit, whole, gets 6.
+    folder = _poem_run(overfit_run.dir, tmp_path, context_layers=1, poem_minutes=0.5)
     real_fit, used = poemfit.fit_context, []
 
     def note(kwargs):
@@ -90,6 +92,7 @@ def test_a_cut_fit_goes_on_with_the_settings_it_began_with(overfit_run, tmp_path
                        "extra_layers": 0}
     monkeypatch.setattr(poemfit, "fit_context", real_fit)
     (folder / CONTEXT_CKPT).unlink()
+    update_config(folder, lambda c: c["train"].update(poem_minutes=0.1))
     fit_run_chain(folder, log=lambda *a: None)
     run = load_run(folder)
     assert len(run.context.ref.blocks.layers) == len(run.model.refiner.blocks.layers) + 1
