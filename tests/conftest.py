@@ -1,6 +1,7 @@
 """Shared fixtures: tiny corpora built in-process, and one small model overfit on them."""
 import atexit
 import contextlib
+import faulthandler
 import io
 import os
 import shutil
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -58,32 +60,67 @@ def run_cli(script, *args, cwd=None, timeout=300, env=None, own_process=None):
     if own_process is None:
         own_process = env is not None
     if not own_process:
-        return _in_process(script, args, cwd)
+        return _in_process(script, args, cwd, timeout)
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env=full_env)
 
 
-def _in_process(script, args, cwd):
+def _in_process(script, args, cwd, timeout):
     """``run_cli`` through the script's entry point, here: stdout, stderr and the exit
-    status as a process would give them (argparse's exit included). The signal
-    handlers training sets are put back after it."""
+    status as a process would give them (argparse's exit, and the warnings a process
+    would print, included). The signal handlers training sets and the working
+    directory are put back after it; past ``timeout`` seconds the suite stops with
+    every thread's traceback, as a hung subprocess would be stopped."""
     from textvae.cli import generate_main, train_main
     main = {"generate.py": generate_main, "train.py": train_main}[script]
     out, err = io.StringIO(), io.StringIO()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
-        try:
+    here = os.getcwd()
+    faulthandler.dump_traceback_later(timeout, exit=True)
+    try:
+        os.chdir(cwd or here)
+        with _process_warnings(err), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
             code = main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
+    except SystemExit as e:
+        code = _exit_status(e.code, err)
+    except BaseException as e:  # a traceback: the test fails with what it printed
+        if hasattr(e, "add_note"):
+            e.add_note(f"stderr of {script}: {err.getvalue()[-2000:]}")
+        raise
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        os.chdir(here)
+        for s, h in handlers.items():
+            signal.signal(s, h)
     return subprocess.CompletedProcess([script, *map(str, args)], code or 0,
                                        out.getvalue(), err.getvalue())
+
+
+def _exit_status(code, err):
+    """A process's exit status for sys.exit(code): a message goes to stderr, status 1."""
+    if code is None or isinstance(code, int):
+        return code or 0
+    err.write(f"{code}\n")
+    return 1
+
+
+@contextlib.contextmanager
+def _process_warnings(err):
+    """Warnings filtered as a fresh process filters them (Python's default list),
+    written to ``err`` as it would print them: pytest would otherwise keep them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                         ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        try:
+            yield
+        finally:
+            for w in caught:
+                err.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
 
 
 def copy_run_files(src, dst):

@@ -215,7 +215,9 @@ def test_config_and_tokenizer_mismatch_names_both_values(cli_run, tmp_path):
     real = cfg["model"]["vocab_size"]
     cfg["model"]["vocab_size"] = real + 7
     (run / "config.json").write_text(json.dumps(cfg))
-    assert_one_line_error(run_cli("generate.py", "--run", run), str(real), str(real + 7))
+    # In a process of its own: an error found once torch and the run's files are read.
+    assert_one_line_error(run_cli("generate.py", "--run", run, own_process=True), str(real),
+                          str(real + 7))
     cfg["model"]["vocab_size"] = real
     cfg["model"]["latent"] = 9
     (run / "config.json").write_text(json.dumps(cfg))
@@ -235,8 +237,9 @@ def test_out_folder_under_a_regular_file(tmp_path):
                                             (["白日依山尽", "黄河\x00海流"], "NUL")])
 def test_corpus_of_one_line_or_with_nul_characters(tmp_path, lines, fragment):
     write_corpus(tmp_path / "c.txt", lines)
-    assert_one_line_error(run_cli("train.py", "--corpus", tmp_path / "c.txt", cwd=tmp_path),
-                          fragment)
+    # In a process of its own: train.py's errors found once the corpus is read.
+    assert_one_line_error(run_cli("train.py", "--corpus", tmp_path / "c.txt", cwd=tmp_path,
+                                  own_process=True), fragment)
 
 
 def test_even_kernel_is_one_line(tmp_path):
