@@ -52,14 +52,12 @@ def overfit_run(tmp_path_factory):
     return overfit(tmp_path_factory.mktemp("overfit"), POEM_LINES)
 
 
-def run_cli(script, *args, cwd=None, timeout=300, env=None, own_process=None):
+def run_cli(script, *args, cwd=None, timeout=300, env=None, own_process=False):
     """Run train.py / generate.py as a user would; returns CompletedProcess. It runs in
     this process unless ``own_process`` (or ``env``) asks for one: each script only
     calls its entry point in textvae.cli, and a process of its own spends ~2 s
     importing torch."""
-    if own_process is None:
-        own_process = env is not None
-    if not own_process:
+    if not own_process and env is None:
         return _in_process(script, args, cwd, timeout)
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)],
@@ -95,8 +93,8 @@ def _in_process(script, args, cwd, timeout):
         os.chdir(here)
         for s, h in handlers.items():
             signal.signal(s, h)
-    return subprocess.CompletedProcess([script, *map(str, args)], code or 0,
-                                       out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess([script, *map(str, args)], code, out.getvalue(),
+                                       err.getvalue())
 
 
 def _exit_status(code, err):
