@@ -298,12 +298,15 @@ def test_steps_a_passing_slowdown_cut_are_given_back_at_the_next_record(tmp_path
     from textvae.model import VAEConfig
     from textvae.run import read_metrics, read_saved_config
     from .conftest import write_corpus
-    clock, real_step = {"t": 0.0}, trainer.Trainer.train_step
+    clock, real_step, refits = {"t": 0.0}, trainer.Trainer.train_step, []
+    real_save = trainer.save_train_settings
 
     def passing_slowdown(self, *args, **kwargs):
         clock["t"] += 3.0 if 60 <= self.step < 70 else 1.0
         return real_step(self, *args, **kwargs)
     monkeypatch.setattr(trainer.Trainer, "train_step", passing_slowdown)
+    monkeypatch.setattr(trainer, "save_train_settings",
+                        lambda out, **kw: refits.append(kw["max_steps"]) or real_save(out, **kw))
     monkeypatch.setattr(trainer, "time", SimpleNamespace(time=lambda: clock["t"]))
     out = tmp_path / "run"
     tc = TrainConfig(corpus=str(write_corpus(tmp_path / "c.txt", POEM_LINES)), out=str(out),
@@ -314,8 +317,49 @@ def test_steps_a_passing_slowdown_cut_are_given_back_at_the_next_record(tmp_path
                                 refiner_dim=8, refiner_heads=2), log=said.append)
     assert [r["step"] for r in read_metrics(out)] == [40, 80, 120]
     assert clock["t"] == 140.0 and read_saved_config(out)["train"]["max_steps"] == 120
+    assert refits == [98, 120]
+    # the log tells the cut; giving back a fifth of the run is the bar's news, not the log's
     assert [s.split(": ")[1].split(",")[1].strip() for s in said if "--minutes" in s] == [
-        "98 of the planned 120 steps fit", "120 of the planned 120 steps fit"]
+        "98 of the planned 120 steps fit"]
+
+
+def test_a_pace_that_drifts_refits_often_but_the_log_tells_only_real_news(tmp_path,
+                                                                          monkeypatch):
+    # From step 50 each step takes 0.01 s longer than the one before, so the pace keeps
+    # overrunning the 180 s and the run is refitted many times, a step or two each; the
+    # log gives the first length and then only one a quarter or more away from it.
+    from types import SimpleNamespace
+    import textvae.trainer as trainer
+    from textvae.config import TrainConfig
+    from textvae.model import VAEConfig
+    from textvae.run import read_saved_config
+    from .conftest import write_corpus
+    clock, real_step, refits = {"t": 0.0}, trainer.Trainer.train_step, []
+
+    def drifting(self, *args, **kwargs):
+        clock["t"] += 1.0 + 0.01 * max(self.step - 50, 0)
+        return real_step(self, *args, **kwargs)
+    real_save = trainer.save_train_settings
+
+    def save(out, **settings):
+        refits.append(settings.get("max_steps"))
+        return real_save(out, **settings)
+    monkeypatch.setattr(trainer.Trainer, "train_step", drifting)
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(time=lambda: clock["t"]))
+    monkeypatch.setattr(trainer, "save_train_settings", save)
+    out = tmp_path / "run"
+    tc = TrainConfig(corpus=str(write_corpus(tmp_path / "c.txt", POEM_LINES)), out=str(out),
+                     min_steps=200, minutes=3, batch_size=4, eval_every=1000, ckpt_every=1000,
+                     iw_samples=0, amp="off")
+    said = []
+    trainer.train(tc, VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8,
+                                refiner_dim=8, refiner_heads=2), log=said.append)
+    told = [int(s.split(", ")[1].split(" of ")[0]) for s in said if "--minutes" in s]
+    assert len(refits) > 5 and len(told) < len(refits) / 2
+    assert told[0] == refits[0] and told[-1] != refits[-1]
+    assert all(abs(b - a) >= a / 4 for a, b in zip(told, told[1:]))
+    assert read_saved_config(out)["train"]["max_steps"] == refits[-1]
+    assert clock["t"] <= 180
 
 
 @pytest.mark.parametrize("given, saved", [(0.0, 0.5), (0.8, 0.8)])

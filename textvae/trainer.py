@@ -141,6 +141,7 @@ class Budget:
         self.planned = planned
         self.times = deque(maxlen=PACE_STEPS + 1)  # (step, time) of the latest steps
         self.per_step = None
+        self.told = None  # the length the log last gave
 
     def steps_that_fit(self, step, total, elapsed, now, smallest):
         """The steps the run should have now: ``total``, or fewer that fit (``smallest``:
@@ -168,6 +169,16 @@ class Budget:
         times = list(self.times)
         gaps = sorted((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(times, times[1:]))
         return max(gaps[len(gaps) // 2], 1e-6)  # a coarse clock may see no time pass
+
+    def worth_telling(self, fits):
+        """Whether a refit is news for the log: the first, or one that moves the length a
+        quarter or more from the one last told. On a shared CPU the pace wanders by a
+        fifth and the run is refitted at each record; the progress bar shows each refit,
+        the log only the first and a real change of course."""
+        if self.told is not None and abs(fits - self.told) < self.told / 4:
+            return False
+        self.told = fits
+        return True
 
     def cut(self, minutes, step, fits, cycles):
         """What a refit says: the pace (or where the budget ran out) and the steps left."""
@@ -353,7 +364,8 @@ class Trainer:
         # A cut run keeps the planned length of a KL cycle, in fewer cycles: squeezing
         # the cycles leaves too few steps at full KL weight to learn a code.
         cycles = max(1, round(fits / self.cycle_len))
-        self.log("\n" + self.budget.cut(self.tc.minutes, self.step, fits, cycles))
+        if self.budget.worth_telling(fits):
+            self.log("\n" + self.budget.cut(self.tc.minutes, self.step, fits, cycles))
         self.total = self.tc.max_steps = fits
         self.tc.kl_cycles = cycles
         self.beta = kl_schedule(self.tc, self.total)
