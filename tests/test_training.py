@@ -326,8 +326,9 @@ def test_steps_a_passing_slowdown_cut_are_given_back_at_the_next_record(tmp_path
 def test_a_pace_that_drifts_refits_often_but_the_log_tells_only_real_news(tmp_path,
                                                                           monkeypatch):
     # From step 50 each step takes 0.01 s longer than the one before, so the pace keeps
-    # overrunning the 180 s and the run is refitted many times, a step or two each; the
-    # log gives the first length and then only one a quarter or more away from it.
+    # overrunning the 180 s and the run is refitted many times, a few steps each; the
+    # log gives the first length, none of the small refits, and its closing line the
+    # length the run did train.
     from types import SimpleNamespace
     import textvae.trainer as trainer
     from textvae.config import TrainConfig
@@ -360,6 +361,8 @@ def test_a_pace_that_drifts_refits_often_but_the_log_tells_only_real_news(tmp_pa
     assert all(abs(b - a) >= a / 4 for a, b in zip(told, told[1:]))
     assert read_saved_config(out)["train"]["max_steps"] == refits[-1]
     assert clock["t"] <= 180
+    assert any(s.startswith(f"trained {refits[-1]} steps") and f"({told[-1]} were last said"
+               in s for s in said)
 
 
 @pytest.mark.parametrize("given, saved", [(0.0, 0.5), (0.8, 0.8)])

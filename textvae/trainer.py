@@ -173,8 +173,9 @@ class Budget:
     def worth_telling(self, fits):
         """Whether a refit is news for the log: the first, or one that moves the length a
         quarter or more from the one last told. On a shared CPU the pace wanders by a
-        fifth and the run is refitted at each record; the progress bar shows each refit,
-        the log only the first and a real change of course."""
+        fifth, and a cut run is refitted at each record and at each overrun; the progress
+        bar shows each refit, the log the first, a real change of course, and (the
+        closing line) a length that differs from the one last told."""
         if self.told is not None and abs(fits - self.told) < self.told / 4:
             return False
         self.told = fits
@@ -350,6 +351,8 @@ class Trainer:
                 bar.close()
         kept = weights_step(read_metrics(self.out)) if self.group.main else self.step
         which = f" (step {kept}'s: the lowest validation loss)" if kept != self.step else ""
+        told = self.budget.told  # a refit the log did not give: say where the run ended
+        which += f" ({told} were last said to fit)" if told not in (None, self.step) else ""
         self.log(f"trained {self.step} steps in {self.seconds():.0f} s; weights{which} in "
                  f"{self.out}")
 
