@@ -254,33 +254,44 @@ def test_a_time_budget_the_planned_steps_overrun_trains_what_fits(tmp_path, minu
     assert config["train"]["kl_cycles"] == (1 if minutes else 2)
 
 
+def _train_on_a_clock(tmp_path, monkeypatch, seconds_of_step, **settings):
+    """A 3-minute budget on a made-up clock: each step costs ``seconds_of_step(step)``.
+    Returns the run folder, the log's lines, each refit's new length, and the clock."""
+    from types import SimpleNamespace
+    import textvae.trainer as trainer
+    from textvae.config import TrainConfig
+    from textvae.model import VAEConfig
+    from .conftest import write_corpus
+    clock, real_step, refits = {"t": 0.0}, trainer.Trainer.train_step, []
+    real_save = trainer.save_train_settings
+
+    def timed_step(self, *args, **kwargs):
+        clock["t"] += seconds_of_step(self.step)
+        return real_step(self, *args, **kwargs)
+    monkeypatch.setattr(trainer.Trainer, "train_step", timed_step)
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(time=lambda: clock["t"]))
+    monkeypatch.setattr(trainer, "save_train_settings",
+                        lambda out, **kw: refits.append(kw["max_steps"]) or real_save(out, **kw))
+    out = tmp_path / "run"
+    tc = TrainConfig(corpus=str(write_corpus(tmp_path / "c.txt", POEM_LINES)), out=str(out),
+                     minutes=3, batch_size=4, iw_samples=0, amp="off", **settings)
+    said = []
+    trainer.train(tc, VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8,
+                                refiner_dim=8, refiner_heads=2), log=said.append)
+    return out, said, refits, clock["t"]
+
+
 def test_a_pace_that_slows_mid_run_cuts_the_run_within_its_budget(tmp_path, monkeypatch):
     # A made-up clock: 1 s a step up to step 60, then 10 s. At step 50 the 180 s budget
     # holds the planned 120 steps; five slow steps later (110 s) the median pace is 10 s
     # and the run is cut there to 71 steps, 170 s (97% of 180 is 174.6). At the next
     # record, step 80, 260 s would have gone.
-    from types import SimpleNamespace
-    import textvae.trainer as trainer
-    from textvae.config import TrainConfig
-    from textvae.model import VAEConfig
     from textvae.run import read_metrics, read_saved_config
-    from .conftest import write_corpus
-    clock, real_step = {"t": 0.0}, trainer.Trainer.train_step
-
-    def slowing_step(self, *args, **kwargs):
-        clock["t"] += 1.0 if self.step < 60 else 10.0
-        return real_step(self, *args, **kwargs)
-    monkeypatch.setattr(trainer.Trainer, "train_step", slowing_step)
-    monkeypatch.setattr(trainer, "time", SimpleNamespace(time=lambda: clock["t"]))
-    corpus = write_corpus(tmp_path / "c.txt", POEM_LINES)
-    out = tmp_path / "run"
-    tc = TrainConfig(corpus=str(corpus), out=str(out), min_steps=120, minutes=3,
-                     batch_size=4, eval_every=40, ckpt_every=40, iw_samples=0, amp="off")
-    said = []
-    trainer.train(tc, VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8,
-                                refiner_dim=8, refiner_heads=2), log=said.append)
+    out, said, _, t = _train_on_a_clock(tmp_path, monkeypatch,
+                                        lambda step: 1.0 if step < 60 else 10.0,
+                                        min_steps=120, eval_every=40, ckpt_every=40)
     assert [r["step"] for r in read_metrics(out)] == [40, 71]
-    assert clock["t"] == 170.0
+    assert t == 170.0
     assert read_saved_config(out)["train"]["max_steps"] == 71
     assert [s.strip() for s in said if "--minutes" in s] == [
         "--minutes 3: at 10.00 s a step, 71 of the planned 120 steps fit, in 1 KL "
@@ -292,31 +303,12 @@ def test_steps_a_passing_slowdown_cut_are_given_back_at_the_next_record(tmp_path
     # 1 s a step, but 3 s for steps 60-69 (another program ran): five slow steps in,
     # the run is cut to 98 steps; at the record of step 80 the pace is 1 s again and the
     # planned 120 fit in the 180 s budget (140 s in all), so the run trains them.
-    from types import SimpleNamespace
-    import textvae.trainer as trainer
-    from textvae.config import TrainConfig
-    from textvae.model import VAEConfig
     from textvae.run import read_metrics, read_saved_config
-    from .conftest import write_corpus
-    clock, real_step, refits = {"t": 0.0}, trainer.Trainer.train_step, []
-    real_save = trainer.save_train_settings
-
-    def passing_slowdown(self, *args, **kwargs):
-        clock["t"] += 3.0 if 60 <= self.step < 70 else 1.0
-        return real_step(self, *args, **kwargs)
-    monkeypatch.setattr(trainer.Trainer, "train_step", passing_slowdown)
-    monkeypatch.setattr(trainer, "save_train_settings",
-                        lambda out, **kw: refits.append(kw["max_steps"]) or real_save(out, **kw))
-    monkeypatch.setattr(trainer, "time", SimpleNamespace(time=lambda: clock["t"]))
-    out = tmp_path / "run"
-    tc = TrainConfig(corpus=str(write_corpus(tmp_path / "c.txt", POEM_LINES)), out=str(out),
-                     min_steps=120, minutes=3, batch_size=4, eval_every=40, ckpt_every=40,
-                     iw_samples=0, amp="off")
-    said = []
-    trainer.train(tc, VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8,
-                                refiner_dim=8, refiner_heads=2), log=said.append)
+    out, said, refits, t = _train_on_a_clock(
+        tmp_path, monkeypatch, lambda step: 3.0 if 60 <= step < 70 else 1.0,
+        min_steps=120, eval_every=40, ckpt_every=40)
     assert [r["step"] for r in read_metrics(out)] == [40, 80, 120]
-    assert clock["t"] == 140.0 and read_saved_config(out)["train"]["max_steps"] == 120
+    assert t == 140.0 and read_saved_config(out)["train"]["max_steps"] == 120
     assert refits == [98, 120]
     # the log tells the cut; giving back a fifth of the run is the bar's news, not the log's
     assert [s.split(": ")[1].split(",")[1].strip() for s in said if "--minutes" in s] == [
@@ -329,38 +321,16 @@ def test_a_pace_that_drifts_refits_often_but_the_log_tells_only_real_news(tmp_pa
     # overrunning the 180 s and the run is refitted many times, a few steps each; the
     # log gives the first length, none of the small refits, and its closing line the
     # length the run did train.
-    from types import SimpleNamespace
-    import textvae.trainer as trainer
-    from textvae.config import TrainConfig
-    from textvae.model import VAEConfig
     from textvae.run import read_saved_config
-    from .conftest import write_corpus
-    clock, real_step, refits = {"t": 0.0}, trainer.Trainer.train_step, []
-
-    def drifting(self, *args, **kwargs):
-        clock["t"] += 1.0 + 0.01 * max(self.step - 50, 0)
-        return real_step(self, *args, **kwargs)
-    real_save = trainer.save_train_settings
-
-    def save(out, **settings):
-        refits.append(settings.get("max_steps"))
-        return real_save(out, **settings)
-    monkeypatch.setattr(trainer.Trainer, "train_step", drifting)
-    monkeypatch.setattr(trainer, "time", SimpleNamespace(time=lambda: clock["t"]))
-    monkeypatch.setattr(trainer, "save_train_settings", save)
-    out = tmp_path / "run"
-    tc = TrainConfig(corpus=str(write_corpus(tmp_path / "c.txt", POEM_LINES)), out=str(out),
-                     min_steps=200, minutes=3, batch_size=4, eval_every=1000, ckpt_every=1000,
-                     iw_samples=0, amp="off")
-    said = []
-    trainer.train(tc, VAEConfig(emb_dim=8, enc_hidden=8, latent=4, dec_hidden=8,
-                                refiner_dim=8, refiner_heads=2), log=said.append)
+    out, said, refits, t = _train_on_a_clock(
+        tmp_path, monkeypatch, lambda step: 1.0 + 0.01 * max(step - 50, 0),
+        min_steps=200, eval_every=1000, ckpt_every=1000)
     told = [int(s.split(", ")[1].split(" of ")[0]) for s in said if "--minutes" in s]
     assert len(refits) > 5 and len(told) < len(refits) / 2
     assert told[0] == refits[0] and told[-1] != refits[-1]
     assert all(abs(b - a) >= a / 4 for a, b in zip(told, told[1:]))
     assert read_saved_config(out)["train"]["max_steps"] == refits[-1]
-    assert clock["t"] <= 180
+    assert t <= 180
     assert any(s.startswith(f"trained {refits[-1]} steps") and f"({told[-1]} were last said"
                in s for s in said)
 
